@@ -1,0 +1,221 @@
+"""The chat WebSocket: submit, stop, and relay of numbered token chunks from Redis Streams.
+
+Client -> server frames (JSON):
+  {"type": "submit", "text": "..."}
+  {"type": "resume", "message_id": 12, "last_seq": 7}   # reconnect: replay what came after 7
+  {"type": "stop", "message_id": 12}
+Server -> client frames:
+  {"type": "submitted", "user_html": ..., "reply_html": ..., "message_id": 12}
+  {"type": "chunk", "message_id": 12, "seq": 8, "text": "..."}
+  {"type": "reset", "message_id": 12, "seq": 9}
+  {"type": "end", "message_id": 12, "seq": 10, "status": "done", "html": ...}
+  {"type": "error", "error": "..."}
+Close codes before accept: 4401 not logged in, 4404 unknown or foreign conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.http import Http404
+from django.template.loader import render_to_string
+
+from audit.services import actor_from_scope
+from chat import services, streams
+from chat.models import Conversation, Message
+from chat.selectors import conversation_get_for_user, message_get_in_conversation
+from tenants.access import membership_get_active
+from tenants.middleware import SESSION_TENANT_KEY
+from tenants.models import Membership
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+MAX_FRAME_CHARS = 64 * 1024
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    conversation: Conversation
+    membership: Membership
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        found = await self._load_conversation(user)
+        if found is None:
+            # Refused before accept: another tenant's (or unknown) id learns nothing.
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.membership, self.conversation = found
+        self.redis = streams.async_client()
+        self.relays: dict[int, asyncio.Task[None]] = {}
+        await self.accept()
+
+    @database_sync_to_async
+    def _load_conversation(self, user: Any) -> tuple[Membership, Conversation] | None:
+        session = self.scope.get("session")
+        membership = membership_get_active(user, session.get(SESSION_TENANT_KEY) if session else None)
+        if membership is None:
+            return None
+        try:
+            conversation = conversation_get_for_user(
+                user, membership.tenant, self.scope["url_route"]["kwargs"]["conversation_id"]
+            )
+        except Http404:
+            return None
+        return membership, conversation
+
+    async def disconnect(self, code: int) -> None:
+        for task in getattr(self, "relays", {}).values():
+            task.cancel()
+        if hasattr(self, "redis"):
+            await self.redis.aclose()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None or len(text_data) > MAX_FRAME_CHARS * 2:
+            await self._error("Frames must be JSON text.")
+            return
+        try:
+            frame = json.loads(text_data)
+        except json.JSONDecodeError:
+            await self._error("That frame was not valid JSON; it was ignored.")
+            return
+        if not isinstance(frame, dict):
+            await self._error("A frame must be a JSON object with a \"type\".")
+            return
+        handler = {"submit": self._submit, "resume": self._resume, "stop": self._stop}.get(frame.get("type"))
+        if handler is None:
+            await self._error(f"Unknown frame type: {str(frame.get('type'))[:40]!r}.")
+            return
+        await handler(frame)
+
+    async def _error(self, error: str) -> None:
+        await self.send(text_data=json.dumps({"type": "error", "error": error}))
+
+    # -- submit ---------------------------------------------------------------------------------
+
+    async def _submit(self, frame: dict[str, Any]) -> None:
+        text = frame.get("text")
+        if not isinstance(text, str):
+            await self._error("A message needs text.")
+            return
+        try:
+            user_message, reply = await self._store_turn(text)
+        except services.ChatInputError as exc:
+            await self._error(str(exc))
+            return
+        except Http404:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        await self.send(
+            text_data=json.dumps(
+                {
+                    "type": "submitted",
+                    "message_id": reply.pk,
+                    "user_html": await self._render(user_message),
+                    "reply_html": await self._render(reply),
+                }
+            )
+        )
+        self._start_relay(reply.pk, 0)
+
+    @database_sync_to_async
+    def _store_turn(self, text: str) -> tuple[Message, Message]:
+        # Re-read the conversation: it may have been deleted in another tab since connect.
+        conversation = conversation_get_for_user(
+            self.scope["user"], self.membership.tenant, self.conversation.pk
+        )
+        return services.message_submit(
+            conversation=conversation, text=text, actor=actor_from_scope(self.scope, self.membership.role)
+        )
+
+    @database_sync_to_async
+    def _render(self, message: Message) -> str:
+        return render_to_string("chat/conversation.html#message", {"message": message})
+
+    # -- resume and stop ------------------------------------------------------------------------
+
+    async def _resume(self, frame: dict[str, Any]) -> None:
+        message = await self._message_from_frame(frame)
+        last_seq = frame.get("last_seq", 0)
+        if message is None or not isinstance(last_seq, int) or last_seq < 0:
+            await self._error("resume needs a message of this conversation and a last_seq >= 0.")
+            return
+        self._start_relay(message.pk, last_seq)
+
+    async def _stop(self, frame: dict[str, Any]) -> None:
+        message = await self._message_from_frame(frame)
+        if message is None:
+            await self._error("stop needs a message of this conversation.")
+            return
+        await database_sync_to_async(services.message_cancel)(
+            message=message, actor=actor_from_scope(self.scope, self.membership.role)
+        )
+
+    @database_sync_to_async
+    def _message_from_frame(self, frame: dict[str, Any]) -> Message | None:
+        try:
+            return message_get_in_conversation(self.conversation, frame.get("message_id"))
+        except Http404:
+            return None
+
+    # -- relay ----------------------------------------------------------------------------------
+
+    def _start_relay(self, message_id: int, last_seq: int) -> None:
+        previous = self.relays.pop(message_id, None)
+        if previous is not None:
+            previous.cancel()
+        self.relays[message_id] = asyncio.create_task(self._relay(message_id, last_seq))
+
+    async def _relay(self, message_id: int, last_seq: int) -> None:
+        """Sends every entry after `last_seq`, in order, until the turn's end entry."""
+        try:
+            while True:
+                entries = await streams.read_after(self.redis, message_id, last_seq)
+                if not entries and await self._final_without_stream(message_id, last_seq):
+                    return
+                for entry in entries:
+                    last_seq = entry.seq
+                    if entry.kind == "token":
+                        await self._send_json(type="chunk", message_id=message_id, seq=entry.seq,
+                                              text=entry.fields.get("text", ""))
+                    elif entry.kind == "reset":
+                        await self._send_json(type="reset", message_id=message_id, seq=entry.seq)
+                    elif entry.kind == "end":
+                        await self._send_end(message_id, entry.seq)
+                        return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a relay failure must not kill the socket
+            logger.exception("relay of message %s failed", message_id)
+            await self._error("The live stream was interrupted; reload the page to see the answer.")
+        finally:
+            self.relays.pop(message_id, None)
+
+    async def _final_without_stream(self, message_id: int, last_seq: int) -> bool:
+        """A finished turn whose stream has expired: send the stored answer instead."""
+        if await self.redis.exists(streams.stream_key(message_id)):
+            return False
+        message = await database_sync_to_async(Message.objects.filter(pk=message_id).first)()
+        if message is None or not message.is_final:
+            return False
+        await self._send_end(message_id, last_seq)
+        return True
+
+    async def _send_end(self, message_id: int, seq: int) -> None:
+        message = await database_sync_to_async(Message.objects.get)(pk=message_id)
+        await self._send_json(
+            type="end", message_id=message_id, seq=seq, status=message.status,
+            error=message.error, html=await self._render(message),
+        )
+
+    async def _send_json(self, **payload: Any) -> None:
+        await self.send(text_data=json.dumps(payload))

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import QuerySet
+from django.http import Http404
+
+from chat.models import Conversation, Message
+from tenants.models import Tenant
+
+
+def conversation_list(*, user: AbstractBaseUser, tenant: Tenant) -> QuerySet[Conversation]:
+    return Conversation.objects.filter(tenant=tenant, user=user).order_by("-updated_at")
+
+
+def conversation_get_for_user(
+    user: AbstractBaseUser | AnonymousUser, tenant: Tenant | None, conversation_id: int | str
+) -> Conversation:
+    """The user's conversation in their active tenant, or Http404 (also for other tenants' ids)."""
+    if tenant is None or not user.is_authenticated:
+        raise Http404("No such conversation.")
+    try:
+        return Conversation.objects.get(tenant=tenant, user=user, pk=int(conversation_id))
+    except (Conversation.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such conversation.") from None
+
+
+def message_list(*, conversation: Conversation) -> QuerySet[Message]:
+    return conversation.messages.order_by("created_at", "id")
+
+
+def message_get_in_conversation(conversation: Conversation, message_id: int | str) -> Message:
+    try:
+        return conversation.messages.get(pk=int(message_id))
+    except (Message.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such message.") from None

@@ -1,0 +1,239 @@
+"""Chat writes: conversations, submitting a turn, cancelling it, and running it on the GPU worker."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from audit.services import SYSTEM, Actor, audit_record
+from chat import streams
+from chat.models import DEFAULT_TITLE, Conversation, Message
+from chat.prompts import build_chat_messages
+from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+# A turn whose worker died is started at most this many times in all.
+MAX_ATTEMPTS = 2
+# How often the worker checks the Stop flag and touches the row while streaming.
+CONTROL_INTERVAL_S = 0.2
+HEARTBEAT_INTERVAL_S = 5.0
+WORKER_DIED = "The model worker stopped while writing this answer. Please try again."
+
+
+class ChatInputError(ValueError):
+    """Bad user input: shown to the user as is; nothing was stored."""
+
+
+@transaction.atomic
+def conversation_create(*, user: AbstractBaseUser, tenant: Tenant, actor: Actor) -> Conversation:
+    conversation = Conversation.objects.create(tenant=tenant, user=user)
+    audit_record(
+        tenant_id=tenant.pk, actor=actor, action="conversation.create",
+        target_type="conversation", target_id=conversation.pk,
+    )
+    return conversation
+
+
+@transaction.atomic
+def conversation_rename(*, conversation: Conversation, title: str, actor: Actor) -> Conversation:
+    title = " ".join(title.split())[:200]
+    if not title:
+        raise ChatInputError("A title cannot be empty.")
+    conversation.title = title
+    conversation.save(update_fields=["title", "updated_at"])
+    audit_record(
+        tenant_id=conversation.tenant_id, actor=actor, action="conversation.rename",
+        target_type="conversation", target_id=conversation.pk, payload={"title": title},
+    )
+    return conversation
+
+
+@transaction.atomic
+def conversation_delete(*, conversation: Conversation, actor: Actor) -> None:
+    message_ids = list(conversation.messages.filter(role=Message.Role.ASSISTANT).values_list("pk", flat=True))
+    audit_record(
+        tenant_id=conversation.tenant_id, actor=actor, action="conversation.delete",
+        target_type="conversation", target_id=conversation.pk,
+        payload={"title": conversation.title, "messages": conversation.messages.count()},
+    )
+    conversation.delete()
+
+    def stop_running_turns() -> None:
+        for message_id in message_ids:
+            streams.cancel_request(message_id)
+
+    transaction.on_commit(stop_running_turns)
+
+
+def _validate_text(text: str) -> str:
+    text = text.strip()
+    if not text:
+        raise ChatInputError("Type a message first: an empty message is not sent.")
+    limit = settings.CHAT_MAX_MESSAGE_CHARS
+    if len(text) > limit:
+        raise ChatInputError(f"Message is too long: {len(text)} characters, the limit is {limit}.")
+    return text
+
+
+@transaction.atomic
+def message_submit(*, conversation: Conversation, text: str, actor: Actor) -> tuple[Message, Message]:
+    """Stores the user's message and a pending reply, audits, and queues the turn after commit."""
+    text = _validate_text(text)
+    user_message = Message.objects.create(
+        tenant_id=conversation.tenant_id, conversation=conversation,
+        role=Message.Role.USER, content=text, status=Message.Status.DONE,
+    )
+    reply = Message.objects.create(
+        tenant_id=conversation.tenant_id, conversation=conversation,
+        role=Message.Role.ASSISTANT, status=Message.Status.PENDING, reply_to=user_message,
+    )
+    update_fields = ["updated_at"]
+    if conversation.title == DEFAULT_TITLE:
+        conversation.title = " ".join(text.split())[:60]
+        update_fields.append("title")
+    conversation.save(update_fields=update_fields)
+    audit_record(
+        tenant_id=conversation.tenant_id, actor=actor, action="message.submit",
+        target_type="message", target_id=user_message.pk,
+        payload={"conversation_id": conversation.pk, "reply_id": reply.pk, "chars": len(text)},
+    )
+    _enqueue_generation(reply)
+    return user_message, reply
+
+
+def _enqueue_generation(reply: Message) -> None:
+    from chat.tasks import generate_reply
+
+    tenant_id, message_id = reply.tenant_id, reply.pk
+    transaction.on_commit(lambda: generate_reply.delay(tenant_id=tenant_id, message_id=message_id))
+
+
+def _finish(message: Message, writer: streams.StreamWriter, status: str, error: str = "") -> None:
+    message.status = status
+    message.error = error
+    message.save(update_fields=["status", "error", "content", "token_count", "timings", "backend", "updated_at"])
+    writer.end(status, error)
+
+
+@transaction.atomic
+def message_cancel(*, message: Message, actor: Actor) -> Message:
+    """Stop button. A queued turn ends here; a running one is stopped by its worker."""
+    if message.role != Message.Role.ASSISTANT or message.is_final:
+        return message
+    audit_record(
+        tenant_id=message.tenant_id, actor=actor, action="message.cancel",
+        target_type="message", target_id=message.pk,
+    )
+    streams.cancel_request(message.pk)
+    # Only a turn no worker has picked up yet is ended here; the conditional update cannot race
+    # with the worker's own PENDING -> STREAMING transition.
+    if Message.objects.filter(pk=message.pk, status=Message.Status.PENDING).update(
+        status=Message.Status.CANCELLED, updated_at=timezone.now()
+    ):
+        message.refresh_from_db()
+        message_id = message.pk
+        transaction.on_commit(lambda: streams.StreamWriter(message_id).end(Message.Status.CANCELLED))
+    return message
+
+
+def message_generate(*, message_id: int) -> None:
+    """Runs one turn on the GPU worker: prompt, engine, numbered chunks, final row."""
+    from inference import runtime
+
+    started = time.monotonic()
+    with transaction.atomic():
+        message = Message.objects.select_for_update().filter(pk=message_id).first()
+        if message is None or message.is_final:
+            return  # deleted, cancelled while queued, or already finished
+        writer = streams.StreamWriter(message.pk)
+        if message.status == Message.Status.STREAMING:
+            # A worker died mid-turn and the broker redelivered it.
+            if message.attempts >= MAX_ATTEMPTS:
+                message.error = "The model worker stopped twice while writing this answer. Please try again."
+                _finish(message, writer, Message.Status.FAILED, message.error)
+                return
+            writer.reset()
+        message.status = Message.Status.STREAMING
+        message.attempts += 1
+        message.content = ""
+        message.save(update_fields=["status", "attempts", "content", "updated_at"])
+    queued_ms = (timezone.now() - message.created_at).total_seconds() * 1000
+
+    if streams.is_cancel_requested(message.pk):
+        _finish(message, writer, Message.Status.CANCELLED)
+        return
+    try:
+        engine = runtime.get_engine()
+        prompt_ids = engine.chat_prompt(build_chat_messages(assistant_message=message))
+        handle = engine.submit(prompt_ids, runtime.sampling_params())
+    except Exception as exc:  # noqa: BLE001 - any load/prompt failure ends this turn, not the worker
+        logger.exception("turn %s failed before generation", message.pk)
+        _finish(message, writer, Message.Status.FAILED, runtime.describe_error(exc))
+        return
+    message.backend = runtime.backend_name()
+
+    parts: list[str] = []
+    last_control = last_beat = time.monotonic()
+    first_token_at: float | None = None
+    status, error = Message.Status.DONE, ""
+    for delta in handle:
+        if delta.text:
+            if first_token_at is None:
+                first_token_at = time.monotonic()
+            parts.append(delta.text)
+            writer.token(delta.text)
+        message.token_count = delta.token_count
+        if delta.finished:
+            if delta.finish_reason == "cancelled":
+                status = Message.Status.CANCELLED
+            elif delta.finish_reason == "error":
+                status, error = Message.Status.FAILED, f"The model failed while writing: {delta.error}"
+            break
+        now = time.monotonic()
+        if now - last_control >= CONTROL_INTERVAL_S:
+            last_control = now
+            if streams.is_cancel_requested(message.pk):
+                handle.cancel()
+        if now - last_beat >= HEARTBEAT_INTERVAL_S:
+            last_beat = now
+            Message.objects.filter(pk=message.pk).update(updated_at=timezone.now())
+
+    finished = time.monotonic()
+    message.content = "".join(parts)
+    message.timings = {
+        "queued_ms": round(queued_ms, 1),
+        "ttft_ms": round(((first_token_at or finished) - started) * 1000, 1),
+        "total_ms": round((finished - started) * 1000, 1),
+        "tokens_per_s": round(message.token_count / max(finished - (first_token_at or started), 1e-6), 2),
+    }
+    if error:
+        logger.error("turn %s failed: %s", message.pk, error)
+    _finish(message, writer, status, error)
+
+
+def turns_sweep_stale() -> int:
+    """Ends turns whose worker died: no heartbeat for CHAT_STALE_TURN_S. Runs on beat."""
+    cutoff = timezone.now() - timedelta(seconds=settings.CHAT_STALE_TURN_S)
+    stale = Message.objects.filter(status=Message.Status.STREAMING, updated_at__lt=cutoff)
+    count = 0
+    for message in stale:
+        with transaction.atomic():
+            updated = Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING,
+                                             updated_at__lt=cutoff).update(
+                status=Message.Status.FAILED,
+                error=WORKER_DIED,
+                updated_at=timezone.now(),
+            )
+            if updated:
+                audit_record(tenant_id=message.tenant_id, actor=SYSTEM, action="message.fail_stale",
+                             target_type="message", target_id=message.pk)
+                streams.StreamWriter(message.pk).end(Message.Status.FAILED, WORKER_DIED)
+                count += 1
+    return count

@@ -1,0 +1,108 @@
+"""Token streams: one Redis Stream per assistant message, entries numbered 1, 2, 3...
+
+The entry id *is* the sequence number (`<seq>-0`), so a client that reconnects with the last
+number it saw reads exactly the entries after it with XREAD, each once, in order. The channel
+layer is not used for tokens: one group message per token would not survive a reconnect.
+
+Entry kinds:
+  token  {"text": ...}               text to append
+  reset  {}                           a retried turn starts over: the client clears the text
+  end    {"status": ..., "error": ...} the turn is final; the stored message has the full text
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+_sync_client: redis.Redis | None = None
+
+
+def sync_client() -> redis.Redis:
+    global _sync_client
+    if _sync_client is None:
+        _sync_client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    return _sync_client
+
+
+def async_client() -> aioredis.Redis:
+    # One per caller (a consumer connection): asyncio clients are bound to the loop that made them.
+    return aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+
+
+def stream_key(message_id: int) -> str:
+    return f"dsw:stream:msg:{message_id}"
+
+
+def cancel_key(message_id: int) -> str:
+    return f"dsw:cancel:msg:{message_id}"
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    seq: int
+    kind: str
+    fields: dict[str, str]
+
+
+def _parse(entries: Iterable[tuple[str, dict[str, str]]]) -> list[StreamEntry]:
+    out = []
+    for entry_id, fields in entries:
+        fields = dict(fields)
+        out.append(StreamEntry(seq=int(entry_id.split("-", 1)[0]), kind=fields.pop("kind", ""), fields=fields))
+    return out
+
+
+class StreamWriter:
+    """Appends numbered chunks for one message. Used by the GPU worker, one writer per turn."""
+
+    def __init__(self, message_id: int, client: redis.Redis | None = None) -> None:
+        self.key = stream_key(message_id)
+        self.client = client or sync_client()
+        # A retried turn continues the numbering, so clients that saw the first attempt's
+        # chunks still get every later entry exactly once.
+        last = self.client.xrevrange(self.key, count=1)
+        self.seq = int(last[0][0].split("-", 1)[0]) if last else 0
+
+    def _add(self, kind: str, **fields: str) -> int:
+        self.seq += 1
+        self.client.xadd(self.key, {"kind": kind, **fields}, id=f"{self.seq}-0")
+        return self.seq
+
+    def token(self, text: str) -> int:
+        return self._add("token", text=text)
+
+    def reset(self) -> int:
+        return self._add("reset")
+
+    def end(self, status: str, error: str = "") -> int:
+        seq = self._add("end", status=status, error=error)
+        self.client.expire(self.key, settings.CHAT_STREAM_TTL_S)
+        return seq
+
+
+def cancel_request(message_id: int) -> None:
+    sync_client().set(cancel_key(message_id), "1", ex=settings.CHAT_STREAM_TTL_S)
+
+
+def is_cancel_requested(message_id: int) -> bool:
+    return bool(sync_client().exists(cancel_key(message_id)))
+
+
+async def read_after(
+    client: aioredis.Redis, message_id: int, last_seq: int, block_ms: int = 5000
+) -> list[StreamEntry]:
+    """Entries numbered above `last_seq`, waiting up to `block_ms` for the first one."""
+    key = stream_key(message_id)
+    result = await client.xread({key: f"{last_seq}-0"}, block=block_ms, count=500)
+    if not result:
+        return []
+    return _parse(result[0][1])
+
+
+def read_all(message_id: int) -> list[StreamEntry]:
+    return _parse(sync_client().xrange(stream_key(message_id)))

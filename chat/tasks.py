@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from celery import shared_task
+
+from chat import services
+
+
+@shared_task(name="chat.tasks.generate_reply")
+def generate_reply(*, tenant_id: int, message_id: int) -> None:
+    # tenant_id is explicit so the task can set the tenant for row-level security.
+    services.message_generate(message_id=message_id)
+
+
+@shared_task(name="chat.tasks.sweep_stale_turns")
+def sweep_stale_turns() -> int:
+    return services.turns_sweep_stale()

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from audit.services import actor_from_request
+from chat import services
+from chat.selectors import conversation_get_for_user, conversation_list, message_list
+from tenants.decorators import tenant_required
+
+
+@require_GET
+@login_required
+@tenant_required
+def home(request: HttpRequest) -> HttpResponse:
+    latest = conversation_list(user=request.user, tenant=request.tenant).first()
+    if latest is not None:
+        return redirect("chat:conversation_detail", conversation_id=latest.pk)
+    return render(request, "chat/conversation.html", {"conversation": None, "chat_messages": [],
+                                                      "conversations": []})
+
+
+@require_POST
+@login_required
+@tenant_required
+def conversation_new(request: HttpRequest) -> HttpResponse:
+    conversation = services.conversation_create(
+        user=request.user, tenant=request.tenant, actor=actor_from_request(request)
+    )
+    return redirect("chat:conversation_detail", conversation_id=conversation.pk)
+
+
+@require_GET
+@login_required
+@tenant_required
+def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = conversation_get_for_user(request.user, request.tenant, conversation_id)
+    return render(
+        request,
+        "chat/conversation.html",
+        {
+            "conversation": conversation,
+            "chat_messages": message_list(conversation=conversation),
+            "conversations": conversation_list(user=request.user, tenant=request.tenant),
+            "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+        },
+    )
+
+
+@require_POST
+@login_required
+@tenant_required
+def conversation_rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = conversation_get_for_user(request.user, request.tenant, conversation_id)
+    error = ""
+    try:
+        services.conversation_rename(
+            conversation=conversation, title=request.POST.get("title", ""), actor=actor_from_request(request)
+        )
+    except services.ChatInputError as exc:
+        error = str(exc)
+    context = {"item": conversation, "conversation": conversation, "rename_error": error}
+    if request.htmx:
+        return render(request, "chat/conversation.html#conversation_item", context, status=400 if error else 200)
+    return redirect("chat:conversation_detail", conversation_id=conversation.pk)
+
+
+@require_POST
+@login_required
+@tenant_required
+def conversation_delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = conversation_get_for_user(request.user, request.tenant, conversation_id)
+    services.conversation_delete(conversation=conversation, actor=actor_from_request(request))
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("chat:home"))
+    return redirect("chat:home")

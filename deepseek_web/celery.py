@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "deepseek_web.settings")
+
+# Set by the gpu worker once its models are loaded; `./dsw run` waits for it before "ready".
+GPU_READY_KEY = "dsw:worker:gpu:ready"
+
+app = Celery("deepseek_web")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = (Queue("gpu"), Queue("ingest"))
+app.autodiscover_tasks()
+
+
+@worker_ready.connect
+def _load_models_on_gpu_worker(sender: object, **_: object) -> None:
+    # Only the worker that consumes `gpu` holds models; the ingest worker and beat stay light.
+    consumed = set(app.amqp.queues.consume_from or {})
+    if "gpu" in consumed:
+        from inference import runtime
+
+        runtime.warm_up()
+        from chat.streams import sync_client
+
+        sync_client().set(GPU_READY_KEY, "1")
+
+
+@worker_shutdown.connect
+def _release_models(**_: object) -> None:
+    from inference import runtime
+
+    runtime.shutdown()

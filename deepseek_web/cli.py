@@ -1,0 +1,226 @@
+"""`./dsw run` and `./dsw test`: the two commands of the README (after scripts/bootstrap.sh).
+
+run:  embedded services -> migrate -> demo tenant -> bundled model -> daphne, the `gpu` worker,
+      the `ingest` worker and beat; prints the URL and logins; Ctrl-C stops everything it started.
+test: embedded services -> pytest (pytest-django makes its own test database).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from deepseek_web.celery import GPU_READY_KEY
+from deepseek_web.services import embedded
+
+ROOT = Path(__file__).resolve().parent.parent
+# Tests use their own Redis database, so a `run` on the same data dir never consumes test tasks.
+TEST_REDIS_DB = "1"
+
+
+def log(text: str) -> None:
+    print(f"[dsw] {text}", flush=True)
+
+
+def start_services() -> list[str]:
+    """Starts the embedded PostgreSQL/Redis unless URLs are configured. Returns what it started."""
+    started = []
+    data = embedded.data_dir()
+    if not os.environ.get("DATABASE_URL"):
+        info = embedded.ensure_postgres(data)
+        log(f"PostgreSQL {'started' if info.started else 'already running'} ({info.seconds:.1f} s): {info.socket}")
+        if info.started:
+            started.append("postgres")
+    if not os.environ.get("REDIS_URL"):
+        info = embedded.ensure_redis(data)
+        log(f"Redis {'started' if info.started else 'already running'} ({info.seconds:.1f} s): {info.socket}")
+        if info.started:
+            started.append("redis")
+    return started
+
+
+def stop_services(started: list[str]) -> None:
+    data = embedded.data_dir()
+    if "redis" in started:
+        embedded.stop_redis(data)
+    if "postgres" in started:
+        embedded.stop_postgres(data)
+    if started:
+        log(f"stopped {', '.join(started)}")
+
+
+def setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "deepseek_web.settings")
+    import django
+
+    django.setup()
+
+
+def free_port(preferred: int) -> int:
+    for port in range(preferred, preferred + 50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise RuntimeError(f"no free port in {preferred}..{preferred + 49}")
+
+
+def prepare_database() -> None:
+    from django.conf import settings
+    from django.core.management import call_command
+
+    if not os.environ.get("DATABASE_URL"):
+        embedded.ensure_database(embedded.data_dir(), settings.DATABASES["default"]["NAME"])
+    call_command("migrate", interactive=False, verbosity=0)
+    log("database migrated")
+
+
+def prepare_model() -> None:
+    from django.conf import settings
+
+    if settings.MODEL_PATH:
+        return
+    from inference.engine import default_model_dir
+
+    t0 = time.monotonic()
+    path = default_model_dir(Path(settings.MODELS_DIR))
+    log(f"bundled chat model ready in {time.monotonic() - t0:.1f} s: {path}")
+
+
+def wait_ready(url: str, timeout: float) -> bool:
+    """Waits until daphne answers and the gpu worker has loaded its models."""
+    import urllib.request
+
+    from chat.streams import sync_client
+
+    deadline = time.monotonic() + timeout
+    web = worker = False
+    while time.monotonic() < deadline:
+        if not web:
+            try:
+                with urllib.request.urlopen(url + "healthz", timeout=2) as response:
+                    web = response.status == 200
+            except OSError:
+                pass
+        worker = worker or bool(sync_client().exists(GPU_READY_KEY))
+        if web and worker:
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    started = start_services()
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        setup_django()
+        prepare_database()
+        from chat.streams import sync_client
+        from tenants.services import demo_tenant_seed
+
+        logins = demo_tenant_seed()
+        prepare_model()
+        sync_client().delete(GPU_READY_KEY)
+
+        port = free_port(args.port)
+        python = sys.executable
+        commands = {
+            "web": [python, "-m", "daphne", "-b", args.host, "-p", str(port), "deepseek_web.asgi:application"],
+            # Threads, not processes: every concurrent turn shares the one engine (and its
+            # continuous batch) held by this process.
+            "gpu": [python, "-m", "celery", "-A", "deepseek_web", "worker", "-Q", "gpu", "-P", "threads",
+                    "-c", str(args.gpu_concurrency), "-n", "gpu@%h", "--loglevel", "INFO"],
+            "ingest": [python, "-m", "celery", "-A", "deepseek_web", "worker", "-Q", "ingest", "-c", "2",
+                       "-n", "ingest@%h", "--loglevel", "INFO"],
+            "beat": [python, "-m", "celery", "-A", "deepseek_web", "beat", "--loglevel", "INFO",
+                     "-s", str(embedded.data_dir() / "celerybeat-schedule")],
+        }
+        for name, command in commands.items():
+            # Own session: Ctrl-C reaches only this process, which then stops children in order.
+            children.append(subprocess.Popen(command, cwd=ROOT, start_new_session=True))
+            log(f"started {name} (pid {children[-1].pid})")
+
+        url = f"http://{'localhost' if args.host in ('127.0.0.1', '0.0.0.0') else args.host}:{port}/"
+        ready = wait_ready(url, timeout=600)
+        elapsed = time.monotonic() - t0
+        print()
+        print(f"  DeepSeek Web is {'ready' if ready else 'starting (the model worker is still loading)'}"
+              f" after {elapsed:.1f} s: {url}")
+        print("  Demo logins (tenant 'Demo Company'):")
+        for login in logins:
+            print(f"    {login.role:<16} {login.username:<11} password: {login.password}")
+        print("  Press Ctrl-C to stop.\n", flush=True)
+        return wait_children(children)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_children(children)
+        stop_services(started)
+
+
+def wait_children(children: list[subprocess.Popen[bytes]]) -> int:
+    stop = {"now": False}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop["now"]:
+        for child in children:
+            if child.poll() is not None:
+                log(f"{' '.join(child.args[2:4])} exited with {child.returncode}; stopping the rest")  # type: ignore[index]
+                return 1
+        time.sleep(0.5)
+    log("stopping…")
+    return 0
+
+
+def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    # Web first (no new turns), then workers (warm shutdown finishes running tasks), then beat.
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def test(args: argparse.Namespace) -> int:
+    started = start_services()
+    try:
+        env = dict(os.environ)
+        env.setdefault("DSW_REDIS_DB", TEST_REDIS_DB)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        command = [sys.executable, "-m", "pytest", *args.pytest_args]
+        log("running: " + " ".join(command))
+        return subprocess.call(command, cwd=ROOT, env=env)
+    finally:
+        stop_services(started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dsw")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="start everything with embedded defaults")
+    run_parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    run_parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    run_parser.add_argument("--gpu-concurrency", type=int, default=int(os.environ.get("GPU_CONCURRENCY", "8")))
+    test_parser = sub.add_parser("test", help="run the whole test suite")
+    test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    return run(args) if args.command == "run" else test(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

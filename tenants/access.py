@@ -1,0 +1,25 @@
+"""Who may act in which tenant. Views and consumers call these before they touch tenant data."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+from tenants.models import Membership, Tenant
+
+
+def membership_get_active(
+    user: AbstractBaseUser | AnonymousUser, tenant_id: int | None = None
+) -> Membership | None:
+    """The user's active membership: the requested tenant if they belong to it, else their first."""
+    if not user.is_authenticated or not user.is_active:
+        return None
+    memberships = Membership.objects.select_related("tenant").filter(user=user, is_active=True)
+    if tenant_id is not None:
+        chosen = memberships.filter(tenant_id=tenant_id).first()
+        if chosen is not None:
+            return chosen
+    return memberships.order_by("id").first()
+
+
+def tenants_for_user(user: AbstractBaseUser) -> list[Tenant]:
+    return [m.tenant for m in Membership.objects.select_related("tenant").filter(user=user, is_active=True)]
