@@ -22,6 +22,7 @@ class World:
     alice: object
     bob: object
     charlie: object
+    password: str = PASSWORD
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -54,3 +55,41 @@ def world(db: None) -> World:
     Membership.objects.create(tenant=tenant_a, user=bob, role=Role.OWNER)
     Membership.objects.create(tenant=tenant_b, user=charlie, role=Role.EMPLOYEE)
     return World(tenant_a, tenant_b, alice, bob, charlie)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer random Llama with the bundled SmolLM2 tokenizer, saved like a real model folder."""
+    import torch
+    from django.conf import settings
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from inference.engine import default_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model_dir(settings.MODELS_DIR)))
+    torch.manual_seed(7)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    out = tmp_path_factory.mktemp("tiny-model")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture
+def use_model(settings: object) -> Iterator[object]:
+    """Points the worker runtime at a model folder for one test, with a fresh engine."""
+    from inference import runtime
+
+    def use(path: str, **overrides: object) -> None:
+        runtime.shutdown()
+        settings.MODEL_PATH = path  # type: ignore[attr-defined]
+        for name, value in overrides.items():
+            setattr(settings, name, value)
+
+    yield use
+    runtime.shutdown()

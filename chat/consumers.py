@@ -74,8 +74,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return membership, conversation
 
     async def disconnect(self, code: int) -> None:
-        for task in getattr(self, "relays", {}).values():
+        relays = list(getattr(self, "relays", {}).values())
+        for task in relays:
             task.cancel()
+        # Wait for the relays to unwind so their blocking XREADs release the connection.
+        await asyncio.gather(*relays, return_exceptions=True)
         if hasattr(self, "redis"):
             await self.redis.aclose()
 

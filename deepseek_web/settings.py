@@ -121,12 +121,9 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
     DATABASES = {"default": database_from_url(DATABASE_URL)}
 else:
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.postgresql",
-            **embedded_database_settings(DATA_DIR, env_str("DB_NAME", "deepseek_web")),
-        }
-    }
+    DATABASES = {"default": {"ENGINE": "django.db.backends.postgresql", **embedded_database_settings(DATA_DIR)}}
+# DB_NAME picks another database on the same server (the browser tests point daphne at theirs).
+DATABASES["default"]["NAME"] = env_str("DB_NAME", str(DATABASES["default"]["NAME"]))
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -189,6 +186,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "staticfiles"
+# daphne serves /static/ itself in the embedded set-up; production puts a CDN or proxy in front.
+SERVE_STATIC = env_bool("SERVE_STATIC", True)
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

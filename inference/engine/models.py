@@ -74,7 +74,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16
     )
     # transformers refuses to serialize a model "quantized with gguf"; the weights are already
@@ -148,7 +148,12 @@ def load_model(path: Path | str, device: str = "cpu", dtype: str | Any | None = 
     if not path.is_dir():
         raise ModelNotFoundError(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_torch_dtype(dtype, device))
-    model.to(device)
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype, device)}
+    if device != "cpu":
+        # Load straight onto the accelerator: a 7B model staged in CPU RAM first costs minutes.
+        kwargs["device_map"] = device
+    model: Any = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if device == "cpu":
+        model.to(device)
     model.eval()
     return model, tokenizer

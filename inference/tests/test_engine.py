@@ -215,6 +215,50 @@ def test_it_does_not_hang_consumers_when_closed(tiny_model: Any, tokenizer: Any,
     assert deltas[-1].finish_reason in ("error", "length", "stop")
 
 
+class _DecodeOnly:
+    """Just enough of an Engine for a RequestHandle: decoding, no backend."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def _cancel_backend(self, handle: Any) -> None:
+        pass
+
+    def _alive(self) -> bool:
+        return True
+
+
+def test_it_never_splits_multibyte_characters(tokenizer: Any) -> None:
+    from inference.engine.engine import RequestHandle
+
+    text = "Grüße aus 東京 🙂 — naïve café"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    # Byte-level BPE splits some of these characters across tokens: prefixes decode to U+FFFD.
+    assert any(tokenizer.decode(ids[:n]).endswith("\ufffd") for n in range(1, len(ids)))
+    handle = RequestHandle("t", _DecodeOnly(tokenizer), SamplingParams(max_new_tokens=len(ids)), set())  # type: ignore[arg-type]
+    for n in range(1, len(ids) + 1):
+        handle._on_tokens(ids[:n], final=n == len(ids))
+    deltas = _collect(handle)
+    assert all("\ufffd" not in d.text for d in deltas)
+    assert "".join(d.text for d in deltas) == text
+    assert deltas[-1].finish_reason == "length"
+
+
+def test_it_holds_back_a_partial_stop_string(tokenizer: Any) -> None:
+    from inference.engine.engine import RequestHandle
+
+    ids = tokenizer("Paris is nice. END of answer", add_special_tokens=False).input_ids
+    handle = RequestHandle("t", _DecodeOnly(tokenizer), SamplingParams(stop=("END of",)), set())  # type: ignore[arg-type]
+    for n in range(1, len(ids) + 1):
+        handle._on_tokens(ids[:n], final=False)
+    deltas = _collect(handle)
+    assert "".join(d.text for d in deltas) == "Paris is nice. "
+    assert deltas[-1].finish_reason == "stop"
+
+
 def test_it_raises_model_not_found_for_a_missing_folder(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
     with pytest.raises(ModelNotFoundError) as excinfo:

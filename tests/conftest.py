@@ -1,0 +1,98 @@
+"""The whole product for cross-app tests: daphne in a child process, the `gpu` Celery worker in
+this process (threads, as in production), Debian's Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+# Flags for a closed network, as root, without a display.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+]
+
+
+@pytest.fixture(scope="session")
+def asgi_server(django_db_setup: None) -> Iterator[str]:
+    """daphne in its own process, as `./dsw run` starts it, on the test database.
+
+    A real subprocess rather than a fork: a forked child inherits asgiref's executor without
+    its thread, and every database_sync_to_async call in a consumer would then hang.
+    """
+    from django.conf import settings
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DB_NAME": settings.DATABASES["default"]["NAME"], "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "deepseek_web.asgi:application"],
+        cwd=ROOT, env=env,
+    )
+    url = f"http://localhost:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("daphne did not start") from None
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def gpu_worker(asgi_server: str) -> Iterator[Any]:
+    """The `gpu` queue's worker with the bundled SmolLM2, started after daphne has forked."""
+    from celery.contrib.testing.worker import start_worker
+
+    from chat.streams import sync_client
+    from deepseek_web.celery import app
+    from inference import runtime
+
+    # Earlier tests queued turns that no worker ran; their rows are gone, so drop them.
+    sync_client().flushdb()
+    runtime.warm_up()
+    with start_worker(
+        app, pool="threads", concurrency=4, queues=["gpu"], perform_ping_check=False, loglevel="WARNING",
+        shutdown_timeout=30,
+    ) as worker:
+        yield worker
+    runtime.shutdown()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: the test command installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
