@@ -210,6 +210,8 @@ def message_generate(*, message_id: int) -> None:
     message.timings = {
         "queued_ms": round(queued_ms, 1),
         "ttft_ms": round(((first_token_at or finished) - started) * 1000, 1),
+        # The engine's own share: from submit to its first token.
+        "engine_ttft_ms": round((handle.ttft_s or 0.0) * 1000, 1),
         "total_ms": round((finished - started) * 1000, 1),
         "tokens_per_s": round(message.token_count / max(finished - (first_token_at or started), 1e-6), 2),
     }

@@ -31,7 +31,11 @@ def sync_client() -> redis.Redis:
 
 def async_client() -> aioredis.Redis:
     # One per caller (a consumer connection): asyncio clients are bound to the loop that made them.
-    return aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    # The socket timeout must exceed read_after's blocking time (redis-py's default is 5 s).
+    return aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True, socket_timeout=READ_BLOCK_MS / 1000 + 25)
+
+
+READ_BLOCK_MS = 5000
 
 
 def stream_key(message_id: int) -> str:
@@ -94,7 +98,7 @@ def is_cancel_requested(message_id: int) -> bool:
 
 
 async def read_after(
-    client: aioredis.Redis, message_id: int, last_seq: int, block_ms: int = 5000
+    client: aioredis.Redis, message_id: int, last_seq: int, block_ms: int = READ_BLOCK_MS
 ) -> list[StreamEntry]:
     """Entries numbered above `last_seq`, waiting up to `block_ms` for the first one."""
     key = stream_key(message_id)

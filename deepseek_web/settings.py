@@ -134,7 +134,9 @@ REDIS_URL = os.environ.get("REDIS_URL") or embedded_redis_url(DATA_DIR, env_int(
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        # redis-py 8 defaults to a 5 s socket timeout, which races channels_redis' own 5 s
+        # blocking pops: give blocking reads room.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
     }
 }
 

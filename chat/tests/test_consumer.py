@@ -127,3 +127,18 @@ async def test_it_will_not_resume_or_stop_a_message_of_another_conversation(worl
         assert reply["type"] == "error"
     assert not streams.is_cancel_requested(foreign.pk)
     await communicator.disconnect()
+
+
+async def test_it_keeps_relaying_after_a_quiet_spell_longer_than_the_redis_timeouts(world, conversation) -> None:
+    import asyncio
+
+    message = await _assistant_message(conversation)
+    communicator, connected, _ = await connect(world.alice, conversation.pk)
+    assert connected
+    await communicator.send_json_to({"type": "resume", "message_id": message.pk, "last_seq": 0})
+    # Longer than one blocking read and than redis-py's default 5 s socket timeout.
+    await asyncio.sleep(streams.READ_BLOCK_MS / 1000 + 1.5)
+    streams.StreamWriter(message.pk).token("late but here")
+    frame = await communicator.receive_json_from(timeout=10)
+    assert frame == {"type": "chunk", "message_id": message.pk, "seq": 1, "text": "late but here"}
+    await communicator.disconnect()
