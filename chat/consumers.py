@@ -94,7 +94,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not isinstance(frame, dict):
             await self._error("A frame must be a JSON object with a \"type\".")
             return
-        handler = {"submit": self._submit, "resume": self._resume, "stop": self._stop}.get(frame.get("type"))
+        handler = {"submit": self._submit, "resume": self._resume, "stop": self._stop}.get(str(frame.get("type")))
         if handler is None:
             await self._error(f"Unknown frame type: {str(frame.get('type'))[:40]!r}.")
             return
@@ -166,7 +166,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     @database_sync_to_async
     def _message_from_frame(self, frame: dict[str, Any]) -> Message | None:
         try:
-            return message_get_in_conversation(self.conversation, frame.get("message_id"))
+            return message_get_in_conversation(self.conversation, frame.get("message_id", ""))
         except Http404:
             return None
 

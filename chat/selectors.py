@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import QuerySet
 from django.http import Http404
 
@@ -8,12 +8,12 @@ from chat.models import Conversation, Message
 from tenants.models import Tenant
 
 
-def conversation_list(*, user: AbstractBaseUser, tenant: Tenant) -> QuerySet[Conversation]:
+def conversation_list(*, user: User, tenant: Tenant) -> QuerySet[Conversation]:
     return Conversation.objects.filter(tenant=tenant, user=user).order_by("-updated_at")
 
 
 def conversation_get_for_user(
-    user: AbstractBaseUser | AnonymousUser, tenant: Tenant | None, conversation_id: int | str
+    user: User | AnonymousUser, tenant: Tenant | None, conversation_id: int | str
 ) -> Conversation:
     """The user's conversation in their active tenant, or Http404 (also for other tenants' ids)."""
     if tenant is None or not user.is_authenticated:

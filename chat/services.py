@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -32,7 +32,7 @@ class ChatInputError(ValueError):
 
 
 @transaction.atomic
-def conversation_create(*, user: AbstractBaseUser, tenant: Tenant, actor: Actor) -> Conversation:
+def conversation_create(*, user: User, tenant: Tenant, actor: Actor) -> Conversation:
     conversation = Conversation.objects.create(tenant=tenant, user=user)
     audit_record(
         tenant_id=tenant.pk, actor=actor, action="conversation.create",

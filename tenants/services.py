@@ -2,14 +2,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractUser, Permission
+from django.contrib.auth.models import Permission, User
 from django.db import transaction
 
 from audit.services import SYSTEM, Actor, audit_record
 from tenants.models import Membership, Role, Tenant
 
-User = get_user_model()
 
 DEMO_PASSWORD = "deepseek-demo"
 DEMO_USERS = (
@@ -31,7 +29,7 @@ def tenant_create(*, name: str, slug: str, actor: Actor) -> Tenant:
 
 
 @transaction.atomic
-def membership_create(*, tenant: Tenant, user: AbstractUser, role: str, actor: Actor) -> Membership:
+def membership_create(*, tenant: Tenant, user: User, role: str, actor: Actor) -> Membership:
     membership = Membership.objects.create(tenant=tenant, user=user, role=role)
     if role == Role.OWNER and not user.is_staff:
         user.is_staff = True
