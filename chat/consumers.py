@@ -5,7 +5,7 @@ Client -> server frames (JSON):
   {"type": "resume", "message_id": 12, "last_seq": 7}   # reconnect: replay what came after 7
   {"type": "stop", "message_id": 12}
 Server -> client frames:
-  {"type": "submitted", "user_html": ..., "reply_html": ..., "message_id": 12}
+  {"type": "submitted", "user_html": ..., "reply_html": ..., "message_id": 12, "title": ...}
   {"type": "chunk", "message_id": 12, "seq": 8, "text": "..."}
   {"type": "reset", "message_id": 12, "seq": 9}
   {"type": "end", "message_id": 12, "seq": 10, "status": "done", "html": ...}
@@ -123,6 +123,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 {
                     "type": "submitted",
                     "message_id": reply.pk,
+                    # The first question names a new conversation; the sidebar shows it at once.
+                    "title": self.conversation.title,
                     "user_html": await self._render(user_message),
                     "reply_html": await self._render(reply),
                 }
@@ -136,6 +138,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         conversation = conversation_get_for_user(
             self.scope["user"], self.membership.tenant, self.conversation.pk
         )
+        self.conversation = conversation
         return services.message_submit(
             conversation=conversation, text=text, actor=actor_from_scope(self.scope, self.membership.role)
         )

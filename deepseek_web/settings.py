@@ -247,5 +247,7 @@ LOGGING = {
     "loggers": {
         "daphne": {"level": "WARNING"},
         "django.channels.server": {"level": "WARNING"},
+        # transformers' batching manager logs every start and stop at INFO.
+        "ContinuousBatchingLogger": {"level": "WARNING"},
     },
 }

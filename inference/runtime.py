@@ -53,6 +53,10 @@ def get_embedder() -> Embedder:
 
 def warm_up() -> None:
     """Loads both models at worker start. A failure is logged, not fatal: turns then fail with the reason."""
+    from transformers.utils import logging as transformers_logging
+
+    # Weight-loading progress bars only clutter a worker's log.
+    transformers_logging.disable_progress_bar()
     for name, loader in (("chat model", get_engine), ("embedding model", get_embedder)):
         try:
             loader()

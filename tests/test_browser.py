@@ -52,6 +52,7 @@ def test_it_streams_an_answer_and_shows_it_again_after_reload(
     answer = page.locator(".msg-assistant").last
     expect(answer).to_have_attribute("data-status", "done", timeout=120_000)
     assert page.evaluate("window.sawPartial"), "text should arrive before the answer completes"
+    expect(page.locator(".conv.active .conv-title")).to_have_text("Why is the sky blue? Explain in a few sentences.")
     streamed_text = answer.locator(".msg-body").inner_text().strip()
     assert streamed_text
 

@@ -62,7 +62,7 @@ async def test_it_answers_a_non_json_frame_with_an_error_and_stays_usable(world,
     assert reply["type"] == "error" and "empty" in reply["error"]
     await communicator.send_json_to({"type": "submit", "text": "Hello there"})
     reply = await communicator.receive_json_from(timeout=5)
-    assert reply["type"] == "submitted"
+    assert reply["type"] == "submitted" and reply["title"] == "Hello there"
     assert "Hello there" in reply["user_html"] and f'id="msg-{reply["message_id"]}"' in reply["reply_html"]
     stored = await database_sync_to_async(
         lambda: list(Message.objects.filter(conversation=conversation).values_list("role", "status"))

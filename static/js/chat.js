@@ -89,6 +89,8 @@
         const hint = document.getElementById("empty-hint");
         if (hint) hint.remove();
         prompt.value = "";
+        const title = document.querySelector(".conv.active .conv-title");
+        if (title && frame.title) title.textContent = frame.title;
         messages.appendChild(fromHtml(frame.user_html));
         messages.appendChild(fromHtml(frame.reply_html));
         lastSeq.set(frame.message_id, 0);
