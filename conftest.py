@@ -22,6 +22,9 @@ class World:
     alice: object
     bob: object
     charlie: object
+    dora: object  # compliance, tenant A
+    erin: object  # knowledge admin, tenant A
+    frank: object  # compliance, tenant B
     password: str = PASSWORD
 
 
@@ -54,7 +57,13 @@ def world(db: None) -> World:
     Membership.objects.create(tenant=tenant_a, user=alice, role=Role.EMPLOYEE)
     Membership.objects.create(tenant=tenant_a, user=bob, role=Role.OWNER)
     Membership.objects.create(tenant=tenant_b, user=charlie, role=Role.EMPLOYEE)
-    return World(tenant_a, tenant_b, alice, bob, charlie)
+    dora = User.objects.create_user("dora", password=PASSWORD)
+    erin = User.objects.create_user("erin", password=PASSWORD)
+    frank = User.objects.create_user("frank", password=PASSWORD)
+    Membership.objects.create(tenant=tenant_a, user=dora, role=Role.COMPLIANCE)
+    Membership.objects.create(tenant=tenant_a, user=erin, role=Role.KNOWLEDGE_ADMIN)
+    Membership.objects.create(tenant=tenant_b, user=frank, role=Role.COMPLIANCE)
+    return World(tenant_a, tenant_b, alice, bob, charlie, dora, erin, frank)
 
 
 @pytest.fixture(scope="session")

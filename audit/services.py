@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit.models import AuditEvent, Outcome
+from audit.catalogue import CATALOGUE
+from audit.chain import GENESIS_HASH, event_fields, event_hash, head_mac
+from audit.models import PLATFORM_CHAIN, AuditEvent, AuditHead, Outcome
 
-GENESIS_HASH = "0" * 64
+# Advisory-lock namespace for chain writers (the second key is the chain).
+_CHAIN_LOCK = 7411
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t", "\x1b": "\\x1b"}
 
 
 @dataclass(frozen=True)
 class Actor:
     user_id: int | None = None
     role: str = "system"
+    name: str = ""
     ip: str | None = None
     user_agent: str = ""
     trace_id: str = ""
@@ -27,15 +33,40 @@ class Actor:
 SYSTEM = Actor()
 
 
-def event_hash(*, prev_hash: str, fields: dict[str, Any]) -> str:
-    body = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+class UnknownAuditAction(ValueError):
+    """An action missing from audit.catalogue: add it there, so it is documented and tested."""
+
+
+def escape_control(value: str) -> str:
+    """CR, LF, ANSI escapes and other control characters, stored as visible escapes.
+
+    A user agent or title with "\\r\\n" or "\\x1b[2J" then cannot forge a line in a log file or
+    repaint a terminal that displays an export.
+    """
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}"), value)
+
+
+def _escape_all(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape_control(value)
+    if isinstance(value, dict):
+        return {escape_control(str(k)): _escape_all(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escape_all(v) for v in value]
+    return value
+
+
+def _lock_chain(chain: int) -> None:
+    # Serialises writers of one chain for the rest of the transaction, so two concurrent events
+    # can never both link to the same predecessor and fork the chain.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CHAIN_LOCK, chain])
 
 
 @transaction.atomic
 def audit_record(
     *,
-    tenant_id: int,
+    tenant_id: int | None,
     actor: Actor,
     action: str,
     target_type: str = "",
@@ -43,49 +74,61 @@ def audit_record(
     outcome: str = Outcome.SUCCESS,
     payload: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    # A per-tenant transaction-scoped advisory lock serialises writers, so two concurrent events
-    # can never both link to the same predecessor and fork the chain.
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [7411, tenant_id])
-    last = AuditEvent.objects.filter(tenant_id=tenant_id).order_by("-seq").values("seq", "hash").first()
-    seq = (last["seq"] if last else 0) + 1
-    prev_hash = last["hash"] if last else GENESIS_HASH
-    fields: dict[str, Any] = {
-        "tenant_id": tenant_id,
-        "seq": seq,
-        "occurred_at": timezone.now().isoformat(),
-        "actor_id": actor.user_id,
-        "actor_role": actor.role,
-        "source_ip": actor.ip,
-        "user_agent": actor.user_agent[:512],
-        "action": action,
-        "target_type": target_type,
-        "target_id": str(target_id),
-        "outcome": str(outcome),
-        "payload": payload or {},
-        "trace_id": actor.trace_id,
-    }
-    return AuditEvent.objects.create(
-        **fields, prev_hash=prev_hash, hash=event_hash(prev_hash=prev_hash, fields=fields)
+    """Appends one event to the tenant's chain (tenant_id None: the platform chain).
+
+    It joins the caller's transaction: if this write fails, the caller's action fails with it.
+    """
+    entry = CATALOGUE.get(action)
+    if entry is None:
+        raise UnknownAuditAction(f"{action!r} is not in audit.catalogue.CATALOGUE")
+    chain = tenant_id or PLATFORM_CHAIN
+    _lock_chain(chain)
+    head = AuditHead.objects.filter(chain=chain).first()
+    event = AuditEvent(
+        tenant_id=tenant_id,
+        seq=(head.seq if head else 0) + 1,
+        occurred_at=timezone.now(),
+        actor_id=actor.user_id,
+        actor_name=escape_control(actor.name)[:150],
+        actor_role=escape_control(actor.role)[:32],
+        source_ip=actor.ip or None,
+        user_agent=escape_control(actor.user_agent)[:512],
+        action=action,
+        category=entry.category,
+        target_type=escape_control(target_type)[:100],
+        target_id=escape_control(str(target_id))[:200],
+        outcome=str(outcome),
+        payload=_escape_all(payload or {}),
+        trace_id=escape_control(actor.trace_id)[:64],
+        prev_hash=head.hash if head else GENESIS_HASH,
     )
+    event.hash = event_hash(event.prev_hash, event_fields(event))
+    event.save(force_insert=True)
+    AuditHead.objects.update_or_create(
+        chain=chain, defaults={"seq": event.seq, "hash": event.hash, "mac": head_mac(chain, event.seq, event.hash)}
+    )
+    return event
 
 
 def actor_for(
     *,
     user_id: int | None,
     role: str,
+    name: str = "",
     ip: str | None = None,
     user_agent: str = "",
     trace_id: str = "",
 ) -> Actor:
-    return Actor(user_id=user_id, role=role, ip=ip, user_agent=user_agent, trace_id=trace_id)
+    return Actor(user_id=user_id, role=role, name=name, ip=ip, user_agent=user_agent, trace_id=trace_id)
 
 
 def actor_from_request(request: Any) -> Actor:
     membership = getattr(request, "membership", None)
+    user = request.user
     return actor_for(
-        user_id=request.user.pk if request.user.is_authenticated else None,
-        role=membership.role if membership else "anonymous",
+        user_id=user.pk if user.is_authenticated else None,
+        role=membership.role if membership else ("platform" if user.is_superuser else "anonymous"),
+        name=user.get_username() if user.is_authenticated else "",
         ip=request.META.get("REMOTE_ADDR"),
         user_agent=request.META.get("HTTP_USER_AGENT", ""),
         trace_id=request.headers.get("X-Request-ID", ""),
@@ -96,10 +139,48 @@ def actor_from_scope(scope: dict[str, Any], role: str) -> Actor:
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
     client = scope.get("client") or (None, None)
     user = scope.get("user")
+    authenticated = user is not None and user.is_authenticated
     return actor_for(
-        user_id=user.pk if user is not None and user.is_authenticated else None,
+        user_id=user.pk if authenticated else None,
         role=role,
+        name=user.get_username() if authenticated else "",
         ip=client[0],
         user_agent=headers.get("user-agent", ""),
         trace_id=headers.get("x-request-id", ""),
     )
+
+
+def audit_prune_expired(*, chain: int) -> int:
+    """Removes the chain's expired prefix, but only as far as it verifies; returns events removed.
+
+    The database function re-checks the retention period itself and writes the checkpoint from
+    which later verification resumes.
+    """
+    from datetime import timedelta
+
+    from audit.chain import checkpoint_mac, chain_events, verify_chain
+    from tenants.models import Tenant
+
+    retention = Tenant.objects.filter(pk=chain).values_list("audit_retention_days", flat=True).first()
+    days = retention if retention is not None else settings.AUDIT_DEFAULT_RETENTION_DAYS
+    cutoff = timezone.now() - timedelta(days=days)
+    with transaction.atomic():
+        _lock_chain(chain)
+        report = verify_chain(chain)
+        events = chain_events(chain)
+        first_recent = events.filter(occurred_at__gte=cutoff).order_by("seq").values_list("seq", flat=True).first()
+        upto = min(report.verified_upto, (first_recent - 1) if first_recent is not None else report.verified_upto)
+        last = events.filter(seq=upto).first() if upto > 0 else None
+        if last is None or last.occurred_at >= cutoff:
+            return 0
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT audit_prune(%s, %s, %s, %s)", [chain, upto, last.hash, checkpoint_mac(chain, upto, last.hash)]
+            )
+            removed = int(cursor.fetchone()[0])
+        audit_record(
+            tenant_id=chain or None, actor=SYSTEM, action="audit.prune", target_type="audit_chain", target_id=chain,
+            payload={"removed": removed, "upto_seq": upto, "retention_days": days,
+                     "verified": report.ok},
+        )
+    return removed

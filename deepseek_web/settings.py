@@ -62,6 +62,12 @@ def database_from_url(url: str) -> dict[str, object]:
 DATA_DIR = data_dir()
 DEBUG = env_bool("DEBUG", True)
 SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-change-me-in-production")
+# Keys the audit hash chain. Keep it outside the database (and its backups): whoever holds it
+# could rewrite history consistently. Changing it makes every existing chain fail verification.
+AUDIT_HMAC_KEY = env_str("AUDIT_HMAC_KEY", "audit:" + SECRET_KEY)
+AUDIT_DEFAULT_RETENTION_DAYS = env_int("AUDIT_DEFAULT_RETENTION_DAYS", 180)
+# The role the application connects as must never own tables (see audit migration 0002).
+DB_APP_ROLE = env_str("DB_APP_ROLE", "dsw_app")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -158,6 +164,7 @@ CELERY_TASK_ROUTES = {
     "chat.tasks.*": {"queue": "gpu"},
     "inference.tasks.*": {"queue": "gpu"},
     "knowledge.tasks.*": {"queue": "ingest"},
+    "audit.tasks.*": {"queue": "ingest"},
 }
 # A turn whose worker dies is redelivered once (see chat.services.message_generate).
 CELERY_TASK_ACKS_LATE = True
@@ -168,6 +175,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "chat-sweep-stale-turns": {"task": "chat.tasks.sweep_stale_turns", "schedule": 60.0},
+    "audit-verify-chains": {"task": "audit.tasks.verify_chains", "schedule": 3600.0},
+    "audit-prune": {"task": "audit.tasks.prune_expired", "schedule": 24 * 3600.0},
 }
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -3,13 +3,16 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from audit.admin_audit import AuditedModelAdmin
 from tenants.models import Membership, Tenant
 
 
-class TenantScopedAdmin(admin.ModelAdmin):
+class TenantScopedAdmin(AuditedModelAdmin):
     """Owners see and edit only their active tenant's rows; platform superusers see all."""
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
@@ -29,7 +32,7 @@ class TenantScopedAdmin(admin.ModelAdmin):
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(AuditedModelAdmin):
     list_display = ["name", "slug", "created_at"]
 
     def has_module_permission(self, request: HttpRequest) -> bool:
@@ -40,3 +43,18 @@ class TenantAdmin(admin.ModelAdmin):
 class MembershipAdmin(TenantScopedAdmin):
     list_display = ["user", "role", "is_active", "created_at"]
     list_filter = ["role", "is_active"]
+
+
+# Django's own user and group admins, re-registered so their changes are audited too.
+admin.site.unregister(User)
+admin.site.unregister(Group)
+
+
+@admin.register(User)
+class AuditedUserAdmin(AuditedModelAdmin, UserAdmin):
+    pass
+
+
+@admin.register(Group)
+class AuditedGroupAdmin(AuditedModelAdmin, GroupAdmin):
+    pass

@@ -18,3 +18,20 @@ def tenant_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResp
         return view(request, *args, **kwargs)
 
     return wrapper
+
+
+def role_required(*roles: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Only members whose role in the active tenant is one of `roles`; others get 403."""
+
+    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @wraps(view)
+        @tenant_required
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            membership = getattr(request, "membership", None)
+            if membership is None or membership.role not in roles:
+                return render(request, "forbidden.html", {"roles": roles}, status=403)
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator

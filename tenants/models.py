@@ -14,6 +14,8 @@ class Role(models.TextChoices):
 class Tenant(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=60, unique=True)
+    # Audit events older than this are pruned (as a whole, verified prefix of the chain).
+    audit_retention_days = models.PositiveIntegerField(default=180)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

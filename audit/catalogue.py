@@ -1,0 +1,42 @@
+"""Every audited action, in one place. `audit_record` refuses an action that is not listed here,
+and the completeness test runs each one and expects exactly one matching event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AuditedAction:
+    name: str
+    # Elastic Common Schema event.category: authentication, iam, configuration, database, web...
+    category: str
+    description: str
+
+
+CATALOGUE: dict[str, AuditedAction] = {
+    a.name: a
+    for a in [
+        AuditedAction("auth.login", "authentication", "A user logged in."),
+        AuditedAction("auth.login_failed", "authentication", "A login attempt failed."),
+        AuditedAction("auth.logout", "authentication", "A user logged out."),
+        AuditedAction("tenant.create", "iam", "A tenant was created."),
+        AuditedAction("membership.create", "iam", "A user was added to a tenant with a role."),
+        AuditedAction("admin.add", "configuration", "An object was added in Django admin."),
+        AuditedAction("admin.change", "configuration", "An object was changed in Django admin."),
+        AuditedAction("admin.delete", "configuration", "An object was deleted in Django admin."),
+        AuditedAction("conversation.create", "database", "A conversation was started."),
+        AuditedAction("conversation.rename", "database", "A conversation was renamed."),
+        AuditedAction("conversation.delete", "database", "A conversation and its messages were deleted."),
+        AuditedAction("message.submit", "database", "A user sent a message to the assistant."),
+        AuditedAction("message.cancel", "database", "A user stopped an answer."),
+        AuditedAction("message.fail_stale", "process", "A turn whose worker died was ended as failed."),
+        AuditedAction("audit.view", "iam", "A compliance user read the audit trail or one event."),
+        AuditedAction("audit.export", "iam", "A compliance user exported the audit trail."),
+        AuditedAction("audit.prune", "configuration", "Retention removed a verified prefix of the trail."),
+    ]
+}
+
+
+def category_of(action: str) -> str:
+    return CATALOGUE[action].category

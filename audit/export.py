@@ -1,0 +1,91 @@
+"""Exports of the audit trail: JSON lines in Elastic Common Schema, and CSV.
+
+Both stream in batches by keyset (seq), so memory stays flat however long the trail is.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db.models import QuerySet
+
+from audit.models import AuditEvent
+
+EXPORT_BATCH = 1000
+CSV_COLUMNS = [
+    "@timestamp", "event.sequence", "event.action", "event.category", "event.outcome", "user.id", "user.name",
+    "user.roles", "organization.id", "source.ip", "user_agent.original", "trace.id", "target.type", "target.id",
+    "payload", "hash", "prev_hash",
+]
+
+
+def ecs_document(event: AuditEvent) -> dict[str, Any]:
+    """One event as an ECS document (nested objects, as Elasticsearch ingests them)."""
+    return {
+        "@timestamp": event.occurred_at.isoformat(),
+        "event": {
+            "action": event.action,
+            "category": [event.category] if event.category else [],
+            "outcome": event.outcome,
+            "sequence": event.seq,
+            "id": str(event.pk),
+            "kind": "event",
+        },
+        "user": {"id": str(event.actor_id) if event.actor_id is not None else None,
+                 "name": event.actor_name, "roles": [event.actor_role] if event.actor_role else []},
+        "organization": {"id": str(event.tenant_id) if event.tenant_id else "platform"},
+        "source": {"ip": event.source_ip},
+        "user_agent": {"original": event.user_agent},
+        "trace": {"id": event.trace_id or None},
+        "dsw": {
+            "target": {"type": event.target_type, "id": event.target_id},
+            "payload": event.payload,
+            "hash": event.hash,
+            "prev_hash": event.prev_hash,
+        },
+    }
+
+
+def _csv_row(event: AuditEvent) -> list[str]:
+    doc = ecs_document(event)
+    return [
+        doc["@timestamp"], str(event.seq), event.action, event.category, event.outcome,
+        doc["user"]["id"] or "", event.actor_name, event.actor_role, doc["organization"]["id"],
+        event.source_ip or "", event.user_agent, event.trace_id, event.target_type, event.target_id,
+        json.dumps(event.payload, sort_keys=True, ensure_ascii=False), event.hash, event.prev_hash,
+    ]
+
+
+def _csv_line(row: list[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(row)
+    return buffer.getvalue()
+
+
+async def _batches(queryset: QuerySet[AuditEvent]) -> AsyncIterator[list[AuditEvent]]:
+    # Keyset pagination on seq (unique within a tenant's chain): each batch is one small query.
+    ordered = queryset.order_by("seq")
+    last = 0
+    while True:
+        batch = await sync_to_async(list)(ordered.filter(seq__gt=last)[:EXPORT_BATCH])
+        if not batch:
+            return
+        yield batch
+        last = batch[-1].seq
+
+
+async def stream_jsonl(queryset: QuerySet[AuditEvent]) -> AsyncIterator[str]:
+    async for batch in _batches(queryset):
+        # json.dumps escapes control characters (\r, \n, ESC) inside strings: one event per line.
+        yield "".join(json.dumps(ecs_document(e), ensure_ascii=False) + "\n" for e in batch)
+
+
+async def stream_csv(queryset: QuerySet[AuditEvent]) -> AsyncIterator[str]:
+    yield _csv_line(CSV_COLUMNS)
+    async for batch in _batches(queryset):
+        yield "".join(_csv_line(_csv_row(e)) for e in batch)
