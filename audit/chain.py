@@ -163,10 +163,11 @@ def _classify(
         return Break("reordered", row.seq, row.pk, "the event does not follow its recorded predecessor")
     if head_seq is not None and row.seq > head_seq:
         return Break("inserted", row.seq, row.pk, f"an event after the recorded end of the chain ({head_seq})")
-    if following is not None and following.prev_hash == prev:
-        return Break("inserted", row.seq, row.pk, "an event that no other event links to")
+    # An authentic event written at another position was moved here.
     last = head_seq if head_seq is not None else row.seq + 1
     for original in range(max(1, expected - 1), min(last, expected + _REORDER_SEARCH_LIMIT) + 1):
         if original != row.seq and _authentic(row, seq=original):
             return Break("reordered", row.seq, row.pk, f"the event written at position {original} was moved here")
+    if following is not None and following.prev_hash == prev:
+        return Break("inserted", row.seq, row.pk, "an event that no other event links to")
     return Break("edited", row.seq, row.pk, "its content no longer matches its hash")
