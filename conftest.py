@@ -28,6 +28,14 @@ class World:
     password: str = PASSWORD
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(request: pytest.FixtureRequest) -> None:
+    if not request.config.pluginmanager.hasplugin("django"):
+        return  # the engine's tests also run without Django (-p no:django)
+    settings = request.getfixturevalue("settings")
+    settings.PASSWORD_HASHERS = ["deepseek_web.testing.FastPBKDF2PasswordHasher"]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _clean_test_redis() -> Iterator[None]:
     """Tests own Redis database DSW_REDIS_DB (1 under `./dsw test`); start and end it empty."""

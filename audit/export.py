@@ -72,7 +72,8 @@ async def _batches(queryset: QuerySet[AuditEvent]) -> AsyncIterator[list[AuditEv
     ordered = queryset.order_by("seq")
     last = 0
     while True:
-        batch = await sync_to_async(list)(ordered.filter(seq__gt=last)[:EXPORT_BATCH])
+        page = ordered.filter(seq__gt=last)[:EXPORT_BATCH]
+        batch: list[AuditEvent] = await sync_to_async(lambda: list(page))()
         if not batch:
             return
         yield batch

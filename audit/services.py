@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from audit.catalogue import CATALOGUE
 from audit.chain import GENESIS_HASH, event_fields, event_hash, head_mac
-from audit.models import PLATFORM_CHAIN, AuditEvent, AuditHead, Outcome
+from audit.models import PLATFORM_CHAIN, AuditEvent, Outcome
 
 # Advisory-lock namespace for chain writers (the second key is the chain).
 _CHAIN_LOCK = 7411
@@ -57,13 +57,11 @@ def _escape_all(value: Any) -> Any:
 
 
 def _lock_chain(chain: int) -> None:
-    # Serialises writers of one chain for the rest of the transaction, so two concurrent events
-    # can never both link to the same predecessor and fork the chain.
+    """Takes the chain's writer lock (as audit_record does) until the transaction ends."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CHAIN_LOCK, chain])
 
 
-@transaction.atomic
 def audit_record(
     *,
     tenant_id: int | None,
@@ -76,37 +74,44 @@ def audit_record(
 ) -> AuditEvent:
     """Appends one event to the tenant's chain (tenant_id None: the platform chain).
 
-    It joins the caller's transaction: if this write fails, the caller's action fails with it.
+    It joins the caller's transaction without a savepoint: if this write fails, the caller's
+    whole transaction is rolled back, so the action fails with it.
     """
     entry = CATALOGUE.get(action)
     if entry is None:
         raise UnknownAuditAction(f"{action!r} is not in audit.catalogue.CATALOGUE")
     chain = tenant_id or PLATFORM_CHAIN
-    _lock_chain(chain)
-    head = AuditHead.objects.filter(chain=chain).first()
-    event = AuditEvent(
-        tenant_id=tenant_id,
-        seq=(head.seq if head else 0) + 1,
-        occurred_at=timezone.now(),
-        actor_id=actor.user_id,
-        actor_name=escape_control(actor.name)[:150],
-        actor_role=escape_control(actor.role)[:32],
-        source_ip=actor.ip or None,
-        user_agent=escape_control(actor.user_agent)[:512],
-        action=action,
-        category=entry.category,
-        target_type=escape_control(target_type)[:100],
-        target_id=escape_control(str(target_id))[:200],
-        outcome=str(outcome),
-        payload=_escape_all(payload or {}),
-        trace_id=escape_control(actor.trace_id)[:64],
-        prev_hash=head.hash if head else GENESIS_HASH,
-    )
-    event.hash = event_hash(event.prev_hash, event_fields(event))
-    event.save(force_insert=True)
-    AuditHead.objects.update_or_create(
-        chain=chain, defaults={"seq": event.seq, "hash": event.hash, "mac": head_mac(chain, event.seq, event.hash)}
-    )
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        # A per-chain advisory lock serialises writers for the rest of the transaction, so two
+        # concurrent events can never link to the same predecessor and fork the chain.
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CHAIN_LOCK, chain])
+        cursor.execute("SELECT seq, hash FROM audit_audithead WHERE chain = %s", [chain])
+        head = cursor.fetchone()
+        event = AuditEvent(
+            tenant_id=tenant_id,
+            seq=(head[0] if head else 0) + 1,
+            occurred_at=timezone.now(),
+            actor_id=actor.user_id,
+            actor_name=escape_control(actor.name)[:150],
+            actor_role=escape_control(actor.role)[:32],
+            source_ip=actor.ip or None,
+            user_agent=escape_control(actor.user_agent)[:512],
+            action=action,
+            category=entry.category,
+            target_type=escape_control(target_type)[:100],
+            target_id=escape_control(str(target_id))[:200],
+            outcome=str(outcome),
+            payload=_escape_all(payload or {}),
+            trace_id=escape_control(actor.trace_id)[:64],
+            prev_hash=head[1] if head else GENESIS_HASH,
+        )
+        event.hash = event_hash(event.prev_hash, event_fields(event))
+        event.save(force_insert=True)
+        cursor.execute(
+            "INSERT INTO audit_audithead (chain, seq, hash, mac) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (chain) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash, mac = EXCLUDED.mac",
+            [chain, event.seq, event.hash, head_mac(chain, event.seq, event.hash)],
+        )
     return event
 
 
@@ -141,9 +146,9 @@ def actor_from_scope(scope: dict[str, Any], role: str) -> Actor:
     user = scope.get("user")
     authenticated = user is not None and user.is_authenticated
     return actor_for(
-        user_id=user.pk if authenticated else None,
+        user_id=user.pk if user is not None and authenticated else None,
         role=role,
-        name=user.get_username() if authenticated else "",
+        name=user.get_username() if user is not None and authenticated else "",
         ip=client[0],
         user_agent=headers.get("user-agent", ""),
         trace_id=headers.get("x-request-id", ""),

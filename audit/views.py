@@ -5,6 +5,7 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
@@ -39,15 +40,18 @@ def _for_log(filters: dict[str, Any]) -> dict[str, str]:
 def audit_trail(request: TenantRequest) -> HttpResponse:
     form, filters = _filters(request)
     page = Paginator(audit_events(tenant=request.tenant, filters=filters), PAGE_SIZE).get_page(request.GET.get("page"))
+    # Read the page before recording this view, so the count and the rows describe the same trail.
+    page.object_list = list(page.object_list)
     audit_record(
         tenant_id=request.tenant.pk, actor=actor_from_request(request), action="audit.view",
         target_type="audit_trail", payload={"filters": _for_log(filters), "page": page.number},
     )
+    query = request.GET.copy()
+    query.pop("page", None)
     context = {
         "form": form, "page": page, "chain": verify_chain(request.tenant.pk),
-        "query": request.GET.copy(), "actions": sorted(CATALOGUE),
+        "query": query, "actions": sorted(CATALOGUE),
     }
-    context["query"].pop("page", None)
     template = "audit/trail.html#results" if request.htmx and not request.htmx.boosted else "audit/trail.html"
     return render(request, template, context)
 
@@ -67,7 +71,7 @@ def audit_event_detail(request: TenantRequest, event_id: int) -> HttpResponse:
 @require_GET
 @login_required
 @role_required(Role.COMPLIANCE)
-def audit_export(request: TenantRequest, fmt: str) -> HttpResponse:
+def audit_export(request: TenantRequest, fmt: str) -> HttpResponseBase:
     if fmt not in ("jsonl", "csv"):
         raise Http404("Unknown export format.")
     form, filters = _filters(request)

@@ -58,7 +58,7 @@ DECLARE
   removed bigint;
 BEGIN
   -- The retention comes from the tenant row, not from the caller.
-  SELECT now() - make_interval(days => COALESCE(
+  SELECT clock_timestamp() - make_interval(days => COALESCE(
            (SELECT audit_retention_days FROM tenants_tenant WHERE id = p_chain), {retention}))
     INTO cutoff;
   IF NOT EXISTS (SELECT 1 FROM {EVENT} WHERE COALESCE(tenant_id, 0) = p_chain AND seq = p_upto

@@ -115,7 +115,7 @@ async def test_it_streams_a_large_export_in_batches(world, monkeypatch) -> None:
     await sync_to_async(client.force_login)(world.dora)
     response = await client.get("/audit/export.jsonl", {"action": "message.submit"})
     assert response.streaming and response["Content-Type"] == "application/x-ndjson"
-    chunks = [chunk async for chunk in response.streaming_content]
+    chunks = [chunk async for chunk in response.streaming_content]  # type: ignore[attr-defined]
     lines = b"".join(chunks).decode().splitlines()
     assert len(chunks) == 5  # ceil(30 / 7) batches, each sent as it is read
     documents = [json.loads(line) for line in lines]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg.errors
 import pytest
 from django.conf import settings
@@ -17,7 +19,7 @@ def event(world) -> AuditEvent:
                         action="conversation.create")
 
 
-def run_as(role: str | None, sql: str, params: list[object] | None = None) -> None:
+def run_as(role: str | None, sql: str, params: list[Any] | None = None) -> None:
     """One statement in a savepoint, optionally as another role; the savepoint undoes both."""
     with transaction.atomic(), connection.cursor() as cursor:
         if role:

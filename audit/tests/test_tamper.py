@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import secrets
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.db import connection, transaction
@@ -35,7 +36,7 @@ def chain(world) -> int:
     return world.tenant_a.pk
 
 
-def _sql(statement: str, params: list[object] | None = None) -> None:
+def _sql(statement: str, params: list[Any] | None = None) -> None:
     with connection.cursor() as cursor:
         cursor.execute(statement, params or [])
 

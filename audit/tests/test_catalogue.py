@@ -1,0 +1,133 @@
+"""Completeness: every catalogued action, performed for real, leaves exactly one matching event;
+and nothing that changes state can be added without being catalogued and covered here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+from django.contrib import admin
+from django.contrib.auth.models import Group, User
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
+
+from audit.admin_audit import AuditedModelAdmin
+from audit.catalogue import CATALOGUE
+from audit.models import AuditEvent
+from audit.services import actor_for
+from chat import services as chat_services
+from chat.models import Conversation, Message
+from tenants import services as tenant_services
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def superuser_client() -> Client:
+    root = User.objects.create_superuser("root", password="root-pass-2026")
+    return logged_in(root)
+
+
+def conversation_of(world) -> Conversation:
+    return Conversation.objects.create(tenant=world.tenant_a, user=world.alice, title="t")
+
+
+def alice(world):
+    return actor_for(user_id=world.alice.pk, role="employee", name="alice")
+
+
+def submit(world) -> Message:
+    _, reply = chat_services.message_submit(conversation=conversation_of(world), text="hi", actor=alice(world))
+    return reply
+
+
+def _stale(world) -> None:
+    reply = submit(world)
+    Message.objects.filter(pk=reply.pk).update(status="streaming", updated_at=timezone.now() - timedelta(days=1))
+    chat_services.turns_sweep_stale()
+
+
+def _prune(world) -> None:
+    from audit.services import audit_prune_expired
+
+    submit(world)  # something to expire
+    world.tenant_a.audit_retention_days = 0
+    world.tenant_a.save(update_fields=["audit_retention_days"])
+    audit_prune_expired(chain=world.tenant_a.pk)
+
+
+SCENARIOS: dict[str, Callable[..., object]] = {
+    "auth.login": lambda w: Client().post(reverse("login"), {"username": "alice", "password": w.password}),
+    "auth.login_failed": lambda w: Client().post(reverse("login"), {"username": "alice", "password": "wrong"}),
+    "auth.logout": lambda w: logged_in(w.alice).post(reverse("logout")),
+    "tenant.create": lambda w: tenant_services.tenant_create(name="C", slug="c", actor=alice(w)),
+    "membership.create": lambda w: tenant_services.membership_create(
+        tenant=w.tenant_a, user=User.objects.create_user("newbie"), role="employee", actor=alice(w)),
+    "admin.add": lambda w: superuser_client().post("/admin/auth/group/add/", {"name": "auditors"}),
+    "admin.change": lambda w: superuser_client().post(
+        f"/admin/auth/group/{Group.objects.create(name='g').pk}/change/", {"name": "g2"}),
+    "admin.delete": lambda w: superuser_client().post(
+        f"/admin/auth/group/{Group.objects.create(name='g').pk}/delete/", {"post": "yes"}),
+    "conversation.create": lambda w: logged_in(w.alice).post(reverse("chat:conversation_new")),
+    "conversation.rename": lambda w: logged_in(w.alice).post(
+        reverse("chat:conversation_rename", args=[conversation_of(w).pk]), {"title": "new"}),
+    "conversation.delete": lambda w: logged_in(w.alice).post(
+        reverse("chat:conversation_delete", args=[conversation_of(w).pk])),
+    "message.submit": submit,
+    "message.cancel": lambda w: chat_services.message_cancel(message=submit(w), actor=alice(w)),
+    "message.fail_stale": _stale,
+    "audit.view": lambda w: logged_in(w.dora).get(reverse("audit:trail")),
+    "audit.export": lambda w: b"".join(logged_in(w.dora).get(reverse("audit:export", args=["jsonl"]))),
+    "audit.prune": _prune,
+}
+
+
+def test_it_has_a_scenario_for_every_catalogued_action() -> None:
+    assert sorted(SCENARIOS) == sorted(CATALOGUE)
+
+
+@pytest.mark.parametrize("action", sorted(CATALOGUE))
+def test_it_records_exactly_one_event_per_catalogued_action(world, action: str) -> None:
+    before = AuditEvent.objects.filter(action=action).count()
+    SCENARIOS[action](world)
+    assert AuditEvent.objects.filter(action=action).count() == before + 1
+    assert AuditEvent.objects.filter(action=action).latest("id").category == CATALOGUE[action].category
+
+
+def test_it_audits_every_registered_django_admin() -> None:
+    unaudited = [type(ma).__name__ for ma in admin.site._registry.values() if not isinstance(ma, AuditedModelAdmin)]
+    assert unaudited == []
+
+
+# Every URL of the product, by name: what it audits when it changes state, or why it needs not.
+STATE_CHANGING = {
+    "login": "auth.login", "logout": "auth.logout",
+    "chat:conversation_new": "conversation.create", "chat:conversation_rename": "conversation.rename",
+    "chat:conversation_delete": "conversation.delete",
+    "audit:trail": "audit.view", "audit:event": "audit.view", "audit:export": "audit.export",
+}
+READ_ONLY = {"healthz", "chat:home", "chat:conversation_detail"}
+
+
+def _names(resolver: URLResolver, namespace: str = "") -> set[str]:
+    names = set()
+    for pattern in resolver.url_patterns:
+        if isinstance(pattern, URLResolver):
+            if pattern.app_name == "admin":
+                continue  # covered by test_it_audits_every_registered_django_admin
+            inner = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
+            names |= _names(pattern, inner)
+        elif isinstance(pattern, URLPattern):
+            names.add(f"{namespace}{pattern.name}")
+    return names
+
+
+def test_it_knows_what_every_url_audits() -> None:
+    unclassified = _names(get_resolver()) - set(STATE_CHANGING) - READ_ONLY
+    assert unclassified == set(), "classify new URLs here and add their audit scenario above"
+    assert set(STATE_CHANGING.values()) <= set(CATALOGUE)

@@ -1,0 +1,123 @@
+"""Audit write cost: what `audit_record` adds to an action, under 8 concurrent writers.
+
+The action is a real one: rename a conversation (one UPDATE in a transaction). The baseline runs
+that transaction alone; the audited run adds the `audit_record` call inside the same transaction,
+as every service does. Both run with 8 threads, each on its own database connection, first all on
+one tenant (one chain: writers serialise on its lock), then one tenant per thread (8 chains).
+It prints p50/p99 latency per transaction, transactions per second, and the ratios audited/baseline.
+
+Run:  .venv/bin/python bench/audit_write.py [--per-writer 200]
+(after `./dsw run` or `./dsw test` has installed the venv once). It uses its own database, dsw_bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ["DB_NAME"] = "dsw_bench"
+os.environ.setdefault("DSW_REDIS_DB", "2")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "deepseek_web.settings")
+WRITERS = 8
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))]
+
+
+def prepare() -> None:
+    from deepseek_web.services import embedded
+
+    data = embedded.data_dir()
+    embedded.ensure_postgres(data)
+    embedded.ensure_redis(data)
+    embedded.ensure_database(data, "dsw_bench")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=0)
+
+
+def run(per_writer: int, tenants: list[int], conversations: list[int], audited: bool) -> tuple[list[float], float]:
+    from django.db import connections, transaction
+
+    from audit.services import actor_for, audit_record
+    from chat.models import Conversation
+
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def writer(n: int) -> None:
+        tenant_id, conversation_id = tenants[n], conversations[n]
+        actor = actor_for(user_id=1, role="employee", name="bench", ip="127.0.0.1", user_agent="bench")
+        mine = []
+        for i in range(per_writer):
+            start = time.perf_counter()
+            with transaction.atomic():
+                Conversation.objects.filter(pk=conversation_id).update(title=f"title {i}")
+                if audited:
+                    audit_record(tenant_id=tenant_id, actor=actor, action="conversation.rename",
+                                 target_type="conversation", target_id=conversation_id, payload={"title": f"title {i}"})
+            mine.append(time.perf_counter() - start)
+        with lock:
+            latencies.extend(mine)
+        connections.close_all()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-writer", type=int, default=200)
+    args = parser.parse_args()
+    prepare()
+    from django.contrib.auth import get_user_model
+
+    from chat.models import Conversation
+    from tenants.models import Tenant
+
+    user, _ = get_user_model().objects.get_or_create(username="bench-audit")
+    tenants = [Tenant.objects.get_or_create(slug=f"bench-audit-{n}", defaults={"name": f"Bench {n}"})[0]
+               for n in range(WRITERS)]
+    conversations = [Conversation.objects.create(tenant=t, user=user).pk for t in tenants]
+    one_chain = [tenants[0].pk] * WRITERS
+    eight_chains = [t.pk for t in tenants]
+
+    def measure(label: str, chain_tenants: list[int], audited: bool) -> tuple[float, float, float]:
+        latencies, wall = run(args.per_writer, chain_tenants, conversations, audited)
+        p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+        rate = len(latencies) / wall
+        print(f"{label:34} {p50:8.2f} {p99:8.2f} {rate:9.0f}")
+        return p50, p99, rate
+
+    run(20, one_chain, conversations, True)  # warm up connections and caches
+    print(f"{WRITERS} writers x {args.per_writer} transactions each")
+    print(f"{'':34} {'p50 ms':>8} {'p99 ms':>8} {'tx/s':>9}")
+    base = measure("rename only (baseline)", one_chain, False)
+    one = measure("rename + audit, one tenant chain", one_chain, True)
+    many = measure("rename + audit, 8 tenant chains", eight_chains, True)
+    ratio: Callable[[tuple[float, float, float], int], float] = lambda r, i: r[i] / base[i]
+    print(f"audited/baseline, one chain:  p50 {ratio(one, 0):.2f}x, p99 {ratio(one, 1):.2f}x, "
+          f"throughput {ratio(one, 2):.2f}x ({one[2]:.0f} audit events/s)")
+    print(f"audited/baseline, 8 chains:   p50 {ratio(many, 0):.2f}x, p99 {ratio(many, 1):.2f}x, "
+          f"throughput {ratio(many, 2):.2f}x ({many[2]:.0f} audit events/s)")
+
+
+if __name__ == "__main__":
+    main()
