@@ -50,11 +50,35 @@ def _clean_test_redis() -> Iterator[None]:
     client.flushdb()
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(
+    request: pytest.FixtureRequest, django_test_environment: None, django_db_blocker: object
+) -> Iterator[None]:
+    """pytest-django's set-up, but as the owner role: the app role may not create databases or
+    tables. Tests then run as the app role, under row-level security, like the product."""
+    from django.test.utils import setup_databases, teardown_databases
+
+    from deepseek_web.services import embedded
+    from tenants.rls import as_owner
+
+    if not os.environ.get("DATABASE_URL"):
+        embedded.ensure_roles(embedded.data_dir())
+    with django_db_blocker.unblock(), as_owner():  # type: ignore[attr-defined]
+        config = setup_databases(verbosity=0, interactive=False, aliases={"default"}, serialized_aliases=set())
+    yield
+    with django_db_blocker.unblock(), as_owner():  # type: ignore[attr-defined]
+        try:
+            teardown_databases(config, verbosity=0)
+        except Exception as exc:  # noqa: BLE001 - a leftover connection must not fail the run
+            request.node.warn(pytest.PytestWarning(f"could not drop the test database: {exc!r}"))
+
+
 @pytest.fixture
 def world(db: None) -> World:
     from django.contrib.auth import get_user_model
 
     from tenants.models import Membership, Role, Tenant
+    from tenants.rls import tenant_context
 
     User = get_user_model()
     tenant_a = Tenant.objects.create(name="Tenant A", slug="tenant-a")
@@ -62,15 +86,17 @@ def world(db: None) -> World:
     alice = User.objects.create_user("alice", password=PASSWORD)
     bob = User.objects.create_user("bob", password=PASSWORD)
     charlie = User.objects.create_user("charlie", password=PASSWORD)
-    Membership.objects.create(tenant=tenant_a, user=alice, role=Role.EMPLOYEE)
-    Membership.objects.create(tenant=tenant_a, user=bob, role=Role.OWNER)
-    Membership.objects.create(tenant=tenant_b, user=charlie, role=Role.EMPLOYEE)
     dora = User.objects.create_user("dora", password=PASSWORD)
     erin = User.objects.create_user("erin", password=PASSWORD)
     frank = User.objects.create_user("frank", password=PASSWORD)
-    Membership.objects.create(tenant=tenant_a, user=dora, role=Role.COMPLIANCE)
-    Membership.objects.create(tenant=tenant_a, user=erin, role=Role.KNOWLEDGE_ADMIN)
-    Membership.objects.create(tenant=tenant_b, user=frank, role=Role.COMPLIANCE)
+    with tenant_context(tenant_a.pk):
+        Membership.objects.create(tenant=tenant_a, user=alice, role=Role.EMPLOYEE)
+        Membership.objects.create(tenant=tenant_a, user=bob, role=Role.OWNER)
+        Membership.objects.create(tenant=tenant_a, user=dora, role=Role.COMPLIANCE)
+        Membership.objects.create(tenant=tenant_a, user=erin, role=Role.KNOWLEDGE_ADMIN)
+    with tenant_context(tenant_b.pk):
+        Membership.objects.create(tenant=tenant_b, user=charlie, role=Role.EMPLOYEE)
+        Membership.objects.create(tenant=tenant_b, user=frank, role=Role.COMPLIANCE)
     return World(tenant_a, tenant_b, alice, bob, charlie, dora, erin, frank)
 
 

@@ -108,8 +108,10 @@ def chain_events(chain: int) -> QuerySet[AuditEvent]:
 
 
 def chains() -> list[int]:
-    """Every chain that has events, a head or a checkpoint."""
-    keys = {t or PLATFORM_CHAIN for t in AuditEvent.objects.values_list("tenant_id", flat=True).distinct()}
+    """Every chain: the platform's, each tenant's, and any that only a head or checkpoint names."""
+    from tenants.models import Tenant
+
+    keys = {PLATFORM_CHAIN, *Tenant.objects.values_list("id", flat=True)}
     keys |= set(AuditHead.objects.values_list("chain", flat=True))
     keys |= set(AuditCheckpoint.objects.values_list("chain", flat=True))
     return sorted(keys)
@@ -127,6 +129,13 @@ def _with_next(rows: Iterator[AuditEvent]) -> Iterator[tuple[AuditEvent, AuditEv
 
 def verify_chain(chain: int) -> ChainReport:
     """Walks one chain from its checkpoint (or the start) to its head; stops at the first break."""
+    from tenants.rls import tenant_context
+
+    with tenant_context(chain):
+        return _verify(chain)
+
+
+def _verify(chain: int) -> ChainReport:
     checkpoint = AuditCheckpoint.objects.filter(chain=chain).order_by("-seq").first()
     expected, prev = 1, GENESIS_HASH
     if checkpoint is not None:

@@ -15,6 +15,7 @@ from asgiref.sync import sync_to_async
 from django.db.models import QuerySet
 
 from audit.models import AuditEvent
+from tenants.rls import tenant_context
 
 EXPORT_BATCH = 1000
 CSV_COLUMNS = [
@@ -67,26 +68,31 @@ def _csv_line(row: list[str]) -> str:
     return buffer.getvalue()
 
 
-async def _batches(queryset: QuerySet[AuditEvent]) -> AsyncIterator[list[AuditEvent]]:
-    # Keyset pagination on seq (unique within a tenant's chain): each batch is one small query.
+async def _batches(queryset: QuerySet[AuditEvent], tenant_id: int) -> AsyncIterator[list[AuditEvent]]:
+    # Keyset pagination on seq (unique within a tenant's chain): each batch is one small query,
+    # in its own transaction with the tenant set (the request's transaction is over by now).
     ordered = queryset.order_by("seq")
     last = 0
+
+    def fetch(after: int) -> list[AuditEvent]:
+        with tenant_context(tenant_id):
+            return list(ordered.filter(seq__gt=after)[:EXPORT_BATCH])
+
     while True:
-        page = ordered.filter(seq__gt=last)[:EXPORT_BATCH]
-        batch: list[AuditEvent] = await sync_to_async(lambda: list(page))()
+        batch = await sync_to_async(fetch)(last)
         if not batch:
             return
         yield batch
         last = batch[-1].seq
 
 
-async def stream_jsonl(queryset: QuerySet[AuditEvent]) -> AsyncIterator[str]:
-    async for batch in _batches(queryset):
+async def stream_jsonl(queryset: QuerySet[AuditEvent], tenant_id: int) -> AsyncIterator[str]:
+    async for batch in _batches(queryset, tenant_id):
         # json.dumps escapes control characters (\r, \n, ESC) inside strings: one event per line.
         yield "".join(json.dumps(ecs_document(e), ensure_ascii=False) + "\n" for e in batch)
 
 
-async def stream_csv(queryset: QuerySet[AuditEvent]) -> AsyncIterator[str]:
+async def stream_csv(queryset: QuerySet[AuditEvent], tenant_id: int) -> AsyncIterator[str]:
     yield _csv_line(CSV_COLUMNS)
-    async for batch in _batches(queryset):
+    async for batch in _batches(queryset, tenant_id):
         yield "".join(_csv_line(_csv_row(e)) for e in batch)

@@ -10,6 +10,7 @@ from django.http import HttpRequest
 from audit.models import Outcome
 from audit.services import actor_for, audit_record
 from tenants.access import membership_get_active
+from tenants.rls import tenant_context
 
 
 def _actor(request: HttpRequest | None, user: Any, role: str, name: str) -> Any:
@@ -22,7 +23,10 @@ def _actor(request: HttpRequest | None, user: Any, role: str, name: str) -> Any:
 
 
 def _tenant_and_role(user: Any) -> tuple[int | None, str]:
-    membership = membership_get_active(user) if user is not None else None
+    membership = None
+    if user is not None:
+        with tenant_context(None, user.pk):  # the user's own memberships, in any tenant
+            membership = membership_get_active(user)
     if membership is None:
         return None, "platform" if user is not None and user.is_superuser else "none"
     return membership.tenant_id, membership.role

@@ -13,6 +13,7 @@ from django.utils import timezone
 from audit.catalogue import CATALOGUE
 from audit.chain import GENESIS_HASH, event_fields, event_hash, head_mac
 from audit.models import PLATFORM_CHAIN, AuditEvent, Outcome
+from tenants.rls import tenant_context
 
 # Advisory-lock namespace for chain writers (the second key is the chain).
 _CHAIN_LOCK = 7411
@@ -74,14 +75,16 @@ def audit_record(
 ) -> AuditEvent:
     """Appends one event to the tenant's chain (tenant_id None: the platform chain).
 
-    It joins the caller's transaction without a savepoint: if this write fails, the caller's
-    whole transaction is rolled back, so the action fails with it.
+    It runs inside the caller's transaction: if this write fails, the error reaches the caller
+    and its transaction is rolled back, so the action fails with it.
     """
     entry = CATALOGUE.get(action)
     if entry is None:
         raise UnknownAuditAction(f"{action!r} is not in audit.catalogue.CATALOGUE")
     chain = tenant_id or PLATFORM_CHAIN
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+    # The audit writer may append to any chain (a login is recorded before a tenant is chosen), so
+    # it sets the chain's tenant for its own statements and restores the caller's afterwards.
+    with tenant_context(chain), connection.cursor() as cursor:
         # A per-chain advisory lock serialises writers for the rest of the transaction, so two
         # concurrent events can never link to the same predecessor and fork the chain.
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CHAIN_LOCK, chain])
@@ -169,7 +172,7 @@ def audit_prune_expired(*, chain: int) -> int:
     retention = Tenant.objects.filter(pk=chain).values_list("audit_retention_days", flat=True).first()
     days = retention if retention is not None else settings.AUDIT_DEFAULT_RETENTION_DAYS
     cutoff = timezone.now() - timedelta(days=days)
-    with transaction.atomic():
+    with tenant_context(chain):
         _lock_chain(chain)
         report = verify_chain(chain)
         events = chain_events(chain)

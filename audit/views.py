@@ -85,8 +85,8 @@ def audit_export(request: TenantRequest, fmt: str) -> HttpResponseBase:
     events = audit_events(tenant=request.tenant, filters=filters)
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
     if fmt == "jsonl":
-        response = StreamingHttpResponse(stream_jsonl(events), content_type="application/x-ndjson")
+        response = StreamingHttpResponse(stream_jsonl(events, request.tenant.pk), content_type="application/x-ndjson")
     else:
-        response = StreamingHttpResponse(stream_csv(events), content_type="text/csv; charset=utf-8")
+        response = StreamingHttpResponse(stream_csv(events, request.tenant.pk), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="audit-{request.tenant.slug}-{stamp}.{fmt}"'
     return response

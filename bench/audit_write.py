@@ -39,7 +39,8 @@ def prepare() -> None:
     data = embedded.data_dir()
     embedded.ensure_postgres(data)
     embedded.ensure_redis(data)
-    embedded.ensure_database(data, "dsw_bench")
+    embedded.ensure_roles(data)
+    embedded.ensure_database(data, "dsw_bench", owner=embedded.PG_OWNER_ROLE)
     import django
 
     django.setup()

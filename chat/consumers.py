@@ -32,6 +32,7 @@ from chat.selectors import conversation_get_for_user, message_get_in_conversatio
 from tenants.access import membership_get_active
 from tenants.middleware import SESSION_TENANT_KEY
 from tenants.models import Membership
+from tenants.rls import tenant_context
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +63,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
     @database_sync_to_async
     def _load_conversation(self, user: Any) -> tuple[Membership, Conversation] | None:
         session = self.scope.get("session")
-        membership = membership_get_active(user, session.get(SESSION_TENANT_KEY) if session else None)
+        with tenant_context(None, user.pk):
+            membership = membership_get_active(user, session.get(SESSION_TENANT_KEY) if session else None)
         if membership is None:
             return None
         try:
-            conversation = conversation_get_for_user(
-                user, membership.tenant, self.scope["url_route"]["kwargs"]["conversation_id"]
-            )
+            with tenant_context(membership.tenant_id, user.pk):
+                conversation = conversation_get_for_user(
+                    user, membership.tenant, self.scope["url_route"]["kwargs"]["conversation_id"]
+                )
         except Http404:
             return None
         return membership, conversation
+
+    def _tenant(self) -> Any:
+        """Every database call of this consumer runs in its own transaction, in this tenant."""
+        return tenant_context(self.membership.tenant_id, self.scope["user"].pk)
 
     async def disconnect(self, code: int) -> None:
         relays = list(getattr(self, "relays", {}).values())
@@ -134,14 +141,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     @database_sync_to_async
     def _store_turn(self, text: str) -> tuple[Message, Message]:
-        # Re-read the conversation: it may have been deleted in another tab since connect.
-        conversation = conversation_get_for_user(
-            self.scope["user"], self.membership.tenant, self.conversation.pk
-        )
-        self.conversation = conversation
-        return services.message_submit(
-            conversation=conversation, text=text, actor=actor_from_scope(self.scope, self.membership.role)
-        )
+        with self._tenant():
+            # Re-read the conversation: it may have been deleted in another tab since connect.
+            conversation = conversation_get_for_user(
+                self.scope["user"], self.membership.tenant, self.conversation.pk
+            )
+            self.conversation = conversation
+            return services.message_submit(
+                conversation=conversation, text=text, actor=actor_from_scope(self.scope, self.membership.role)
+            )
 
     @database_sync_to_async
     def _render(self, message: Message) -> str:
@@ -162,14 +170,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if message is None:
             await self._error("stop needs a message of this conversation.")
             return
-        await database_sync_to_async(services.message_cancel)(
-            message=message, actor=actor_from_scope(self.scope, self.membership.role)
-        )
+        await self._cancel(message)
+
+    @database_sync_to_async
+    def _cancel(self, message: Message) -> None:
+        with self._tenant():
+            services.message_cancel(message=message, actor=actor_from_scope(self.scope, self.membership.role))
 
     @database_sync_to_async
     def _message_from_frame(self, frame: dict[str, Any]) -> Message | None:
         try:
-            return message_get_in_conversation(self.conversation, frame.get("message_id", ""))
+            with self._tenant():
+                return message_get_in_conversation(self.conversation, frame.get("message_id", ""))
         except Http404:
             return None
 
@@ -210,14 +222,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """A finished turn whose stream has expired: send the stored answer instead."""
         if await self.redis.exists(streams.stream_key(message_id)):
             return False
-        message = await database_sync_to_async(Message.objects.filter(pk=message_id).first)()
+        message = await self._get_message(message_id)
         if message is None or not message.is_final:
             return False
         await self._send_end(message_id, last_seq)
         return True
 
+    @database_sync_to_async
+    def _get_message(self, message_id: int) -> Message | None:
+        with self._tenant():
+            return Message.objects.filter(pk=message_id).first()
+
     async def _send_end(self, message_id: int, seq: int) -> None:
-        message = await database_sync_to_async(Message.objects.get)(pk=message_id)
+        message = await self._get_message(message_id)
+        if message is None:  # deleted with its conversation meanwhile
+            return
         await self._send_json(
             type="end", message_id=message_id, seq=seq, status=message.status,
             error=message.error, html=await self._render(message),

@@ -16,6 +16,7 @@ from chat import streams
 from chat.models import DEFAULT_TITLE, Conversation, Message
 from chat.prompts import build_chat_messages
 from tenants.models import Tenant
+from tenants.rls import tenant_context
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ def _enqueue_generation(reply: Message) -> None:
 def _finish(message: Message, writer: streams.StreamWriter, status: str, error: str = "") -> None:
     message.status = status
     message.error = error
-    message.save(update_fields=["status", "error", "content", "token_count", "timings", "backend", "updated_at"])
+    with tenant_context(message.tenant_id):
+        message.save(update_fields=["status", "error", "content", "token_count", "timings", "backend", "updated_at"])
     writer.end(status, error)
 
 
@@ -143,12 +145,16 @@ def message_cancel(*, message: Message, actor: Actor) -> Message:
     return message
 
 
-def message_generate(*, message_id: int) -> None:
-    """Runs one turn on the GPU worker: prompt, engine, numbered chunks, final row."""
+def message_generate(*, tenant_id: int, message_id: int) -> None:
+    """Runs one turn on the GPU worker: prompt, engine, numbered chunks, final row.
+
+    No transaction stays open while the model writes: each database step is its own short
+    transaction in the tenant's context, so progress is visible to others as it happens.
+    """
     from inference import runtime
 
     started = time.monotonic()
-    with transaction.atomic():
+    with tenant_context(tenant_id):
         message = Message.objects.select_for_update().filter(pk=message_id).first()
         if message is None or message.is_final:
             return  # deleted, cancelled while queued, or already finished
@@ -171,7 +177,9 @@ def message_generate(*, message_id: int) -> None:
         return
     try:
         engine = runtime.get_engine()
-        prompt_ids = engine.chat_prompt(build_chat_messages(assistant_message=message))
+        with tenant_context(tenant_id):
+            history = build_chat_messages(assistant_message=message)
+        prompt_ids = engine.chat_prompt(history)
         handle = engine.submit(prompt_ids, runtime.sampling_params())
     except Exception as exc:  # noqa: BLE001 - any load/prompt failure ends this turn, not the worker
         logger.exception("turn %s failed before generation", message.pk)
@@ -203,7 +211,8 @@ def message_generate(*, message_id: int) -> None:
                 handle.cancel()
         if now - last_beat >= HEARTBEAT_INTERVAL_S:
             last_beat = now
-            Message.objects.filter(pk=message.pk).update(updated_at=timezone.now())
+            with tenant_context(tenant_id):
+                Message.objects.filter(pk=message.pk).update(updated_at=timezone.now())
 
     finished = time.monotonic()
     message.content = "".join(parts)
@@ -221,12 +230,17 @@ def message_generate(*, message_id: int) -> None:
 
 
 def turns_sweep_stale() -> int:
-    """Ends turns whose worker died: no heartbeat for CHAT_STALE_TURN_S. Runs on beat."""
+    """Ends turns whose worker died: no heartbeat for CHAT_STALE_TURN_S. Runs on beat, per tenant."""
+    return sum(_sweep_tenant(tenant_id) for tenant_id in Tenant.objects.values_list("id", flat=True))
+
+
+def _sweep_tenant(tenant_id: int) -> int:
     cutoff = timezone.now() - timedelta(seconds=settings.CHAT_STALE_TURN_S)
-    stale = Message.objects.filter(status=Message.Status.STREAMING, updated_at__lt=cutoff)
+    with tenant_context(tenant_id):
+        stale = list(Message.objects.filter(status=Message.Status.STREAMING, updated_at__lt=cutoff))
     count = 0
     for message in stale:
-        with transaction.atomic():
+        with tenant_context(tenant_id):
             updated = Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING,
                                              updated_at__lt=cutoff).update(
                 status=Message.Status.FAILED,

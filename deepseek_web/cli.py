@@ -34,6 +34,7 @@ def start_services() -> list[str]:
     data = embedded.data_dir()
     if not os.environ.get("DATABASE_URL"):
         info = embedded.ensure_postgres(data)
+        embedded.ensure_roles(data)
         log(f"PostgreSQL {'started' if info.started else 'already running'} ({info.seconds:.1f} s): {info.socket}")
         if info.started:
             started.append("postgres")
@@ -75,7 +76,9 @@ def prepare_database() -> None:
     from django.core.management import call_command
 
     if not os.environ.get("DATABASE_URL"):
-        embedded.ensure_database(embedded.data_dir(), str(settings.DATABASES["default"]["NAME"]))
+        embedded.ensure_database(
+            embedded.data_dir(), str(settings.DATABASES["default"]["NAME"]), owner=settings.DATABASE_OWNER["USER"]
+        )
     call_command("migrate", interactive=False, verbosity=0)
     log("database migrated")
 

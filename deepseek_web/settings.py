@@ -12,6 +12,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 from deepseek_web.services.embedded import (
+    PG_APP_ROLE,
+    PG_OWNER_ROLE,
     celery_broker_url,
     data_dir,
     embedded_database_settings,
@@ -66,8 +68,6 @@ SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-change-me-in-productio
 # could rewrite history consistently. Changing it makes every existing chain fail verification.
 AUDIT_HMAC_KEY = env_str("AUDIT_HMAC_KEY", "audit:" + SECRET_KEY)
 AUDIT_DEFAULT_RETENTION_DAYS = env_int("AUDIT_DEFAULT_RETENTION_DAYS", 180)
-# The role the application connects as must never own tables (see audit migration 0002).
-DB_APP_ROLE = env_str("DB_APP_ROLE", "dsw_app")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -123,13 +123,24 @@ TEMPLATES = [
     }
 ]
 
+# Two database roles (see tenants/rls.py): the product connects as the app role, which owns no
+# table and cannot bypass row-level security; `migrate` and `flush` switch to the owner role.
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
     DATABASES = {"default": database_from_url(DATABASE_URL)}
+    _owner = database_from_url(os.environ.get("DATABASE_OWNER_URL", DATABASE_URL))
+    DATABASE_OWNER = {"USER": _owner["USER"], "PASSWORD": _owner["PASSWORD"]}
 else:
-    DATABASES = {"default": {"ENGINE": "django.db.backends.postgresql", **embedded_database_settings(DATA_DIR)}}
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            **embedded_database_settings(DATA_DIR, user=PG_APP_ROLE),
+        }
+    }
+    DATABASE_OWNER = {"USER": PG_OWNER_ROLE, "PASSWORD": ""}
 # DB_NAME picks another database on the same server (the browser tests point daphne at theirs).
 DATABASES["default"]["NAME"] = env_str("DB_NAME", str(DATABASES["default"]["NAME"]))
+DB_APP_ROLE = str(DATABASES["default"]["USER"])
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

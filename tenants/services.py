@@ -7,6 +7,7 @@ from django.db import transaction
 
 from audit.services import SYSTEM, Actor, audit_record
 from tenants.models import Membership, Role, Tenant
+from tenants.rls import tenant_context
 
 
 DEMO_PASSWORD = "deepseek-demo"
@@ -28,8 +29,12 @@ def tenant_create(*, name: str, slug: str, actor: Actor) -> Tenant:
     return tenant
 
 
-@transaction.atomic
 def membership_create(*, tenant: Tenant, user: User, role: str, actor: Actor) -> Membership:
+    with tenant_context(tenant.pk):
+        return _membership_create(tenant=tenant, user=user, role=role, actor=actor)
+
+
+def _membership_create(*, tenant: Tenant, user: User, role: str, actor: Actor) -> Membership:
     membership = Membership.objects.create(tenant=tenant, user=user, role=role)
     if role == Role.OWNER and not user.is_staff:
         user.is_staff = True
@@ -61,7 +66,8 @@ def demo_tenant_seed(*, slug: str = "demo", name: str = "Demo Company", password
         else:
             user.set_password(password)
             user.save(update_fields=["password"])
-        if not Membership.objects.filter(tenant=tenant, user=user).exists():
-            membership_create(tenant=tenant, user=user, role=role, actor=SYSTEM)
+        with tenant_context(tenant.pk):
+            if not Membership.objects.filter(tenant=tenant, user=user).exists():
+                membership_create(tenant=tenant, user=user, role=role, actor=SYSTEM)
         logins.append(DemoLogin(username=username, password=password, role=str(role.label)))
     return logins

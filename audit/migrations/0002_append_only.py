@@ -7,6 +7,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import migrations
 
+from tenants.rls import TENANT, drop_policy_sql, policy_sql
+
 EVENT = "audit_auditevent"
 CHECKPOINT = "audit_auditcheckpoint"
 HEAD = "audit_audithead"
@@ -16,12 +18,6 @@ def forward_sql() -> str:
     role = settings.DB_APP_ROLE
     retention = int(settings.AUDIT_DEFAULT_RETENTION_DAYS)
     return f"""
-DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
-    CREATE ROLE {role} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
-  END IF;
-END $$;
-
 CREATE OR REPLACE FUNCTION audit_reject_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
   -- Retention deletes through audit_prune(), which sets this flag for its own transaction only.
@@ -45,7 +41,7 @@ CREATE TRIGGER audit_checkpoint_append_only BEFORE UPDATE OR DELETE ON {CHECKPOI
 CREATE TRIGGER audit_checkpoint_no_truncate BEFORE TRUNCATE ON {CHECKPOINT}
   FOR EACH STATEMENT EXECUTE FUNCTION audit_reject_change();
 
-REVOKE ALL ON {EVENT}, {CHECKPOINT}, {HEAD} FROM PUBLIC;
+REVOKE ALL ON {EVENT}, {CHECKPOINT}, {HEAD} FROM PUBLIC, {role};
 GRANT SELECT, INSERT ON {EVENT} TO {role};
 GRANT SELECT ON {CHECKPOINT} TO {role};
 GRANT SELECT, INSERT, UPDATE ON {HEAD} TO {role};
@@ -79,10 +75,15 @@ BEGIN
 END $fn$;
 REVOKE ALL ON FUNCTION audit_prune(bigint, bigint, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_prune(bigint, bigint, text, text) TO {role};
-"""
+""" + policy_sql(
+        EVENT,
+        # tenant_id NULL is the platform chain, visible in the context of "tenant" 0.
+        using=f"tenant_id = {TENANT} OR (tenant_id IS NULL AND {TENANT} = 0)",
+        check=f"tenant_id = {TENANT} OR (tenant_id IS NULL AND {TENANT} = 0)",
+    )
 
 
-REVERSE_SQL = f"""
+REVERSE_SQL = drop_policy_sql(EVENT) + f"""
 DROP FUNCTION IF EXISTS audit_prune(bigint, bigint, text, text);
 DROP TRIGGER IF EXISTS audit_event_append_only ON {EVENT};
 DROP TRIGGER IF EXISTS audit_event_no_truncate ON {EVENT};
@@ -93,6 +94,6 @@ DROP FUNCTION IF EXISTS audit_reject_change();
 
 
 class Migration(migrations.Migration):
-    dependencies = [("audit", "0001_initial"), ("tenants", "0001_initial")]
+    dependencies = [("audit", "0001_initial"), ("tenants", "0002_app_role_and_rls")]
 
     operations = [migrations.RunSQL(forward_sql(), REVERSE_SQL)]

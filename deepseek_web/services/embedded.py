@@ -50,6 +50,10 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 # URL, so a PGPORT in someone's environment can't make libpq look for a different socket name.
 PG_PORT = 5432
 PG_SUPERUSER = "postgres"
+# Row-level security needs two roles: the owner runs migrations and owns every table; the app
+# role is what the product connects as, owns nothing, and can never bypass RLS.
+PG_OWNER_ROLE = "dsw_owner"
+PG_APP_ROLE = "dsw_app"
 PG_VERSION = 18
 DEFAULT_DBNAME = "deepseek_web"
 
@@ -169,7 +173,9 @@ def embedded_database_url(data: Path | str, dbname: str = DEFAULT_DBNAME) -> str
     return f"postgresql://{PG_SUPERUSER}@/{quote(dbname, safe='')}?{query}"
 
 
-def embedded_database_settings(data: Path | str, dbname: str = DEFAULT_DBNAME) -> dict[str, str]:
+def embedded_database_settings(
+    data: Path | str, dbname: str = DEFAULT_DBNAME, user: str = PG_SUPERUSER
+) -> dict[str, str]:
     """The connection fields of a Django ``DATABASES`` entry (ENGINE etc. are settings' business).
 
     Django passes HOST straight to libpq, where a value starting with ``/`` is a socket dir.
@@ -177,7 +183,7 @@ def embedded_database_settings(data: Path | str, dbname: str = DEFAULT_DBNAME) -
     return {
         "HOST": str(postgres_socket_dir(data)),
         "PORT": str(PG_PORT),
-        "USER": PG_SUPERUSER,
+        "USER": user,
         "PASSWORD": "",
         "NAME": dbname,
     }
@@ -609,8 +615,32 @@ def ensure_postgres(data: Path | str | None = None) -> ServiceInfo:
         return _pg_info(data, pid=pid, started=True, t0=t0)
 
 
-def ensure_database(data: Path | str | None = None, dbname: str = DEFAULT_DBNAME) -> bool:
-    """Create ``dbname`` if missing; True when it was created. The server must be running."""
+def ensure_roles(
+    data: Path | str | None = None, owner: str = PG_OWNER_ROLE, app: str = PG_APP_ROLE
+) -> None:
+    """Create (or fix up) the owner and app roles. Login is by the 0700 socket dir (trust auth)."""
+    from psycopg import sql
+
+    data = _norm(data) if data is not None else data_dir()
+    attributes = {
+        owner: "LOGIN CREATEDB NOSUPERUSER NOBYPASSRLS NOCREATEROLE",
+        app: "LOGIN NOCREATEDB NOSUPERUSER NOBYPASSRLS NOCREATEROLE",
+    }
+    with _pg_connect(data) as conn:
+        for role, attrs in attributes.items():
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(sql.SQL(f"{verb} ROLE {{}} {attrs}").format(sql.Identifier(role)))
+    # pgvector is not a trusted extension: only a superuser may create it. Created in template1,
+    # every database made afterwards (ours, the test database) has it before the owner migrates.
+    with _pg_connect(data, "template1") as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+
+
+def ensure_database(
+    data: Path | str | None = None, dbname: str = DEFAULT_DBNAME, owner: str | None = None
+) -> bool:
+    """Create ``dbname`` (owned by ``owner``) if missing; True when it was created."""
     import psycopg
     from psycopg import sql
 
@@ -618,9 +648,15 @@ def ensure_database(data: Path | str | None = None, dbname: str = DEFAULT_DBNAME
     with _pg_connect(data) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
         if exists:
+            if owner:
+                conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    sql.Identifier(dbname), sql.Identifier(owner)))
             return False
+        create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname))
+        if owner:
+            create = sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(owner))
         try:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+            conn.execute(create)
         except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
             # Another process won the race between our SELECT and CREATE; same outcome.
             return False

@@ -1,0 +1,81 @@
+"""Row-level security: the database refuses other tenants' rows even if our code forgets.
+
+Every table with a `tenant_id` column has RLS enabled and FORCED, with a policy comparing
+`tenant_id` to `current_setting('app.tenant_id')`. The product connects as a role that owns no
+table and has no BYPASSRLS. The tenant is set with `set_config(..., is_local => true)` inside a
+transaction (`tenant_context`), so it ends with the transaction and never leaks to the next user
+of a pooled connection. With no tenant set, the setting is empty, the policy compares with NULL,
+and every tenant table reads as empty: it fails closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, connections, transaction
+
+TENANT = "NULLIF(current_setting('app.tenant_id', true), '')::bigint"
+USER = "NULLIF(current_setting('app.user_id', true), '')::bigint"
+
+
+def policy_sql(table: str, using: str | None = None, check: str | None = None) -> str:
+    using = using or f"tenant_id = {TENANT}"
+    check = check or f"tenant_id = {TENANT}"
+    return f"""
+ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON {table} USING ({using}) WITH CHECK ({check});
+"""
+
+
+def drop_policy_sql(table: str) -> str:
+    return f"DROP POLICY IF EXISTS tenant_isolation ON {table}; ALTER TABLE {table} DISABLE ROW LEVEL SECURITY;"
+
+
+def _set(tenant_id: int | None, user_id: int | None) -> tuple[str, str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('app.tenant_id', true), current_setting('app.user_id', true),"
+            " set_config('app.tenant_id', %s, true), set_config('app.user_id', %s, true)",
+            ["" if tenant_id is None else str(tenant_id), "" if user_id is None else str(user_id)],
+        )
+        row = cursor.fetchone()
+    return row[0] or "", row[1] or ""
+
+
+@contextmanager
+def tenant_context(tenant_id: int | None, user_id: int | None = None) -> Iterator[None]:
+    """A transaction (or savepoint) in which the database sees one tenant and, optionally, one user.
+
+    Nested contexts restore the outer values when they end normally; on an exception the
+    savepoint's rollback undoes the setting by itself.
+    """
+    with transaction.atomic():
+        previous = _set(tenant_id, user_id)
+        yield
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('app.tenant_id', %s, true), set_config('app.user_id', %s, true)",
+                           list(previous))
+
+
+def current_tenant_setting() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('app.tenant_id', true)")
+        return cursor.fetchone()[0] or ""
+
+
+@contextmanager
+def as_owner(alias: str = "default") -> Iterator[Any]:
+    """Reconnects `alias` as the owner role for schema work (migrate, flush), then back."""
+    conn = connections[alias]
+    saved = {key: conn.settings_dict.get(key) for key in settings.DATABASE_OWNER}
+    conn.close()
+    conn.settings_dict.update(settings.DATABASE_OWNER)
+    try:
+        yield conn
+    finally:
+        conn.close()
+        conn.settings_dict.update(saved)
