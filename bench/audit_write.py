@@ -50,7 +50,9 @@ def prepare() -> None:
 
 
 def run(per_writer: int, tenants: list[int], conversations: list[int], audited: bool) -> tuple[list[float], float]:
-    from django.db import connections, transaction
+    from django.db import connections
+
+    from tenants.rls import tenant_context
 
     from audit.services import actor_for, audit_record
     from chat.models import Conversation
@@ -64,7 +66,7 @@ def run(per_writer: int, tenants: list[int], conversations: list[int], audited: 
         mine = []
         for i in range(per_writer):
             start = time.perf_counter()
-            with transaction.atomic():
+            with tenant_context(tenant_id):
                 Conversation.objects.filter(pk=conversation_id).update(title=f"title {i}")
                 if audited:
                     audit_record(tenant_id=tenant_id, actor=actor, action="conversation.rename",
@@ -96,18 +98,25 @@ def main() -> None:
     user, _ = get_user_model().objects.get_or_create(username="bench-audit")
     tenants = [Tenant.objects.get_or_create(slug=f"bench-audit-{n}", defaults={"name": f"Bench {n}"})[0]
                for n in range(WRITERS)]
-    conversations = [Conversation.objects.create(tenant=t, user=user).pk for t in tenants]
-    one_chain = [tenants[0].pk] * WRITERS
-    eight_chains = [t.pk for t in tenants]
+    from tenants.rls import tenant_context
 
-    def measure(label: str, chain_tenants: list[int], audited: bool) -> tuple[float, float, float]:
-        latencies, wall = run(args.per_writer, chain_tenants, conversations, audited)
+    def conversation_in(tenant: Tenant) -> int:
+        with tenant_context(tenant.pk):
+            return Conversation.objects.create(tenant=tenant, user=user).pk
+
+    # One chain: every writer renames its own conversation of the same tenant. Eight chains: one
+    # tenant (and conversation) per writer.
+    one_chain = ([tenants[0].pk] * WRITERS, [conversation_in(tenants[0]) for _ in range(WRITERS)])
+    eight_chains = ([t.pk for t in tenants], [conversation_in(t) for t in tenants])
+
+    def measure(label: str, setup: tuple[list[int], list[int]], audited: bool) -> tuple[float, float, float]:
+        latencies, wall = run(args.per_writer, setup[0], setup[1], audited)
         p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
         rate = len(latencies) / wall
         print(f"{label:34} {p50:8.2f} {p99:8.2f} {rate:9.0f}")
         return p50, p99, rate
 
-    run(20, one_chain, conversations, True)  # warm up connections and caches
+    run(20, one_chain[0], one_chain[1], True)  # warm up connections and caches
     print(f"{WRITERS} writers x {args.per_writer} transactions each")
     print(f"{'':34} {'p50 ms':>8} {'p99 ms':>8} {'tx/s':>9}")
     base = measure("rename only (baseline)", one_chain, False)

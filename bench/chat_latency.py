@@ -56,7 +56,7 @@ def wait_http(url: str, timeout: float) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-def prepare() -> tuple[str, int]:
+def prepare() -> tuple[str, int, int]:
     """Services, a fresh bench database, one user with a conversation. Returns (cookie, conversation id)."""
     from deepseek_web.services import embedded
 
@@ -75,16 +75,18 @@ def prepare() -> tuple[str, int]:
     from chat.models import Conversation
     from chat.streams import sync_client
     from tenants.models import Membership, Tenant
+    from tenants.rls import tenant_context
 
     call_command("migrate", interactive=False, verbosity=0)
     sync_client().flushdb()
     tenant, _ = Tenant.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
     user, _ = get_user_model().objects.get_or_create(username="bench-user")
-    Membership.objects.get_or_create(tenant=tenant, user=user)
-    conversation = Conversation.objects.create(tenant=tenant, user=user, title="bench")
+    with tenant_context(tenant.pk):
+        Membership.objects.get_or_create(tenant=tenant, user=user)
+        conversation = Conversation.objects.create(tenant=tenant, user=user, title="bench")
     client = Client()
     client.force_login(user)
-    return f"sessionid={client.cookies['sessionid'].value}", conversation.pk
+    return f"sessionid={client.cookies['sessionid'].value}", conversation.pk, tenant.pk
 
 
 async def run_turns(ws_url: str, cookie: str, turns: int) -> list[tuple[float, int]]:
@@ -119,7 +121,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=50)
     args = parser.parse_args()
 
-    cookie, conversation_id = prepare()
+    cookie, conversation_id, tenant_id = prepare()
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = open(ROOT / "var" / "bench-chat-latency.log", "wb")  # noqa: SIM115 - lives as long as the children
@@ -145,7 +147,10 @@ def main() -> None:
 
     from chat.models import Message
 
-    timings = {m.pk: m.timings for m in Message.objects.filter(pk__in=[mid for _, mid in measured])}
+    from tenants.rls import tenant_context
+
+    with tenant_context(tenant_id):
+        timings = {m.pk: m.timings for m in Message.objects.filter(pk__in=[mid for _, mid in measured])}
     client_ms = [ms for ms, _ in measured]
     engine_ms = [timings[mid]["engine_ttft_ms"] for _, mid in measured]
     overhead_ms = [c - e for c, e in zip(client_ms, engine_ms, strict=True)]

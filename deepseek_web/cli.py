@@ -76,9 +76,8 @@ def prepare_database() -> None:
     from django.core.management import call_command
 
     if not os.environ.get("DATABASE_URL"):
-        embedded.ensure_database(
-            embedded.data_dir(), str(settings.DATABASES["default"]["NAME"]), owner=settings.DATABASE_OWNER["USER"]
-        )
+        name, owner = str(settings.DATABASES["default"]["NAME"]), str(settings.DATABASE_OWNER["USER"])
+        embedded.ensure_database(embedded.data_dir(), name, owner=owner)
     call_command("migrate", interactive=False, verbosity=0)
     log("database migrated")
 

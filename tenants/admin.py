@@ -10,6 +10,7 @@ from django.http import HttpRequest
 
 from audit.admin_audit import AuditedModelAdmin
 from tenants.models import Membership, Tenant
+from tenants.rls import tenant_context
 
 
 class TenantScopedAdmin(AuditedModelAdmin):
@@ -28,7 +29,9 @@ class TenantScopedAdmin(AuditedModelAdmin):
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         if not request.user.is_superuser:
             obj.tenant = request.tenant  # type: ignore[attr-defined]
-        super().save_model(request, obj, form, change)
+        # A platform operator acts outside any tenant: write in the object's own tenant context.
+        with tenant_context(obj.tenant_id):
+            super().save_model(request, obj, form, change)
 
 
 @admin.register(Tenant)

@@ -8,6 +8,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from chat.models import Message
+from tenants.rls import tenant_context
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -56,7 +57,8 @@ def test_it_streams_an_answer_and_shows_it_again_after_reload(
     streamed_text = answer.locator(".msg-body").inner_text().strip()
     assert streamed_text
 
-    stored = Message.objects.get(role="assistant")
+    with tenant_context(world.tenant_a.pk):
+        stored = Message.objects.get(role="assistant")
     assert stored.status == "done" and stored.token_count > 0
     page.reload()
     after_reload = page.locator(".msg-assistant").last
@@ -77,14 +79,16 @@ def test_it_stops_a_long_answer_and_shows_it_as_cancelled(
     answer = page.locator(".msg-assistant").last
     expect(answer).to_have_attribute("data-status", "cancelled", timeout=60_000)
     expect(answer.locator(".msg-status")).to_have_text("Stopped")
-    stored = Message.objects.get(role="assistant")
+    with tenant_context(world.tenant_a.pk):
+        stored = Message.objects.get(role="assistant")
     assert stored.status == "cancelled" and 0 < stored.token_count < 400
 
 
 def test_it_keeps_another_tenant_out_of_a_conversation(world, asgi_server, page: Page) -> None:
     from chat.models import Conversation
 
-    conversation = Conversation.objects.create(tenant=world.tenant_a, user=world.alice, title="Alice's plans")
+    with tenant_context(world.tenant_a.pk):
+        conversation = Conversation.objects.create(tenant=world.tenant_a, user=world.alice, title="Alice's plans")
     log_in(page, asgi_server, "charlie", world.password)
     response = page.goto(f"{asgi_server}/c/{conversation.pk}/")
     assert response is not None and response.status == 404

@@ -11,6 +11,7 @@ from audit.models import AuditEvent, AuditHead
 from audit.services import UnknownAuditAction, actor_for, audit_record
 from chat import services as chat_services
 from chat.models import Conversation
+from tenants.rls import as_owner, tenant_context
 
 
 def actor(user, role: str = "employee", **extra):
@@ -25,7 +26,7 @@ def test_it_links_each_event_to_the_previous_one_in_its_own_tenant(world) -> Non
     assert (first.seq, first.prev_hash) == (1, GENESIS_HASH)
     assert (second.seq, second.prev_hash) == (2, first.hash)
     assert (other.seq, other.prev_hash) == (1, GENESIS_HASH)
-    assert AuditHead.objects.get(chain=world.tenant_a.pk).hash == second.hash
+    assert AuditHead.objects.get(chain=world.tenant_a.pk).hash == second.hash  # heads are not tenant rows
     report = verify_chain(world.tenant_a.pk)
     assert report.ok and report.verified_upto == 2
 
@@ -33,17 +34,27 @@ def test_it_links_each_event_to_the_previous_one_in_its_own_tenant(world) -> Non
 def test_it_refuses_an_action_missing_from_the_catalogue(world) -> None:
     with pytest.raises(UnknownAuditAction):
         audit_record(tenant_id=world.tenant_a.pk, actor=actor(world.alice), action="document.frobnicate")
-    assert not AuditEvent.objects.exists()
+    for chain in (0, world.tenant_a.pk, world.tenant_b.pk):
+        with tenant_context(chain):
+            assert not AuditEvent.objects.exists()
 
 
+# Committed data: the constraint is added by the owner (the app role may not ALTER), which reconnects.
+@pytest.mark.django_db(transaction=True)
 def test_it_fails_the_action_when_the_audit_write_fails(world) -> None:
-    conversation = Conversation.objects.create(tenant=world.tenant_a, user=world.alice, title="keep me")
-    with connection.cursor() as cursor:
+    with tenant_context(world.tenant_a.pk):
+        conversation = Conversation.objects.create(tenant=world.tenant_a, user=world.alice, title="keep me")
+    with as_owner(), connection.cursor() as cursor:
         # A real failure of the audit insert, not a mock: the table refuses every new row.
         cursor.execute("ALTER TABLE audit_auditevent ADD CONSTRAINT refuse_all CHECK (false) NOT VALID")
-    with pytest.raises(IntegrityError):
-        chat_services.conversation_delete(conversation=conversation, actor=actor(world.alice))
-    assert Conversation.objects.filter(pk=conversation.pk, title="keep me").exists()
+    try:
+        with pytest.raises(IntegrityError), tenant_context(world.tenant_a.pk):  # as the view calls it
+            chat_services.conversation_delete(conversation=conversation, actor=actor(world.alice))
+        with tenant_context(world.tenant_a.pk):
+            assert Conversation.objects.filter(pk=conversation.pk, title="keep me").exists()
+    finally:
+        with as_owner(), connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE audit_auditevent DROP CONSTRAINT IF EXISTS refuse_all")
 
 
 def test_it_stores_and_exports_crlf_and_ansi_escapes_as_visible_escapes(world) -> None:
@@ -55,7 +66,8 @@ def test_it_stores_and_exports_crlf_and_ansi_escapes_as_visible_escapes(world) -
         actor=actor(world.alice, user_agent=nasty, trace_id="t\r\n1"),
         action="conversation.rename", target_type="conversation", target_id=nasty, payload={"title": nasty},
     )
-    event.refresh_from_db()
+    with tenant_context(world.tenant_a.pk):
+        event.refresh_from_db()
     for stored in (event.user_agent, event.target_id, event.payload["title"], event.trace_id):
         assert "\r" not in stored and "\n" not in stored and "\x1b" not in stored
     assert event.user_agent == "evil\\r\\n2026-01-01 INFO forged line\\x1b[2J\\x1b[31mred"
@@ -93,11 +105,13 @@ def test_it_keeps_one_unbroken_chain_with_eight_concurrent_writers(world) -> Non
     for t in threads:
         t.join()
     assert not errors
-    events = list(AuditEvent.objects.filter(tenant=world.tenant_a, action="message.submit").order_by("seq"))
+    with tenant_context(world.tenant_a.pk):
+        events = list(AuditEvent.objects.filter(tenant=world.tenant_a, action="message.submit").order_by("seq"))
     assert len(events) == 8 * per_writer
     report = verify_chain(world.tenant_a.pk)
     assert report.ok, report.describe()
-    seqs = list(AuditEvent.objects.filter(tenant=world.tenant_a).order_by("seq").values_list("seq", flat=True))
+    with tenant_context(world.tenant_a.pk):
+        seqs = list(AuditEvent.objects.filter(tenant=world.tenant_a).order_by("seq").values_list("seq", flat=True))
     assert seqs == list(range(1, len(seqs) + 1))
 
 

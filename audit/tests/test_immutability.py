@@ -11,6 +11,7 @@ from django.db import DatabaseError, connection, transaction
 
 from audit.models import AuditEvent
 from audit.services import actor_for, audit_record
+from tenants.rls import as_owner, tenant_context
 
 
 @pytest.fixture
@@ -40,15 +41,16 @@ FORBIDDEN_FOR_APP = [
 
 
 @pytest.mark.parametrize("sql", FORBIDDEN_FOR_APP)
-def test_it_refuses_changes_by_the_app_role(event, sql) -> None:
-    with pytest.raises(DatabaseError) as caught:
-        run_as(APP_ROLE, sql)
-    assert isinstance(caught.value.__cause__, (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectNotInPrerequisiteState))
-    assert AuditEvent.objects.filter(pk=event.pk, action="conversation.create").exists()
+def test_it_refuses_changes_by_the_app_role(event, world, sql) -> None:
+    with tenant_context(world.tenant_a.pk):  # the rows are visible: only the privileges refuse
+        with pytest.raises(DatabaseError) as caught:
+            run_as(APP_ROLE, sql)
+        assert isinstance(caught.value.__cause__, (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectNotInPrerequisiteState))
+        assert AuditEvent.objects.filter(pk=event.pk, action="conversation.create").exists()
 
 
 def test_it_lets_the_app_role_insert_and_read(event, world) -> None:
-    with transaction.atomic(), connection.cursor() as cursor:
+    with tenant_context(world.tenant_a.pk), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"SET LOCAL ROLE {APP_ROLE}")
         cursor.execute("SELECT count(*) FROM audit_auditevent")
         assert cursor.fetchone()[0] == 1
@@ -69,21 +71,30 @@ def test_it_gives_the_app_role_no_superuser_bypassrls_or_ownership(db: None) -> 
         assert cursor.fetchone()[0] == 0
 
 
-# Outside a test transaction: TRUNCATE inside one is refused earlier, for unrelated pending triggers.
+# Outside a test transaction: TRUNCATE inside one is refused earlier, for unrelated pending triggers;
+# and as_owner() reconnects, which it cannot do inside the test's transaction.
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("sql", [
     "UPDATE audit_auditevent SET action = 'auth.login'", "DELETE FROM audit_auditevent", "TRUNCATE audit_auditevent",
 ])
-def test_it_refuses_changes_even_by_the_table_owner(event, sql) -> None:
-    with pytest.raises(DatabaseError, match="append-only"):
-        run_as(None, sql)
-    assert AuditEvent.objects.filter(pk=event.pk).exists()
+def test_it_refuses_changes_even_by_the_table_owner(event, world, sql) -> None:
+    with as_owner():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_user, usesuper FROM pg_user WHERE usename = current_user")
+            assert cursor.fetchone() == (settings.DATABASE_OWNER["USER"], False)
+        with tenant_context(world.tenant_a.pk):  # the owner is under row-level security too (FORCE)
+            with pytest.raises(DatabaseError, match="append-only"):
+                run_as(None, sql)
+            assert AuditEvent.objects.filter(pk=event.pk).exists()
+    with tenant_context(world.tenant_a.pk):
+        assert AuditEvent.objects.filter(pk=event.pk).exists()
 
 
 def test_it_will_not_prune_events_inside_the_retention_period(event, world) -> None:
     from audit.chain import checkpoint_mac
 
-    with pytest.raises(DatabaseError, match="not an expired event"):
-        run_as(APP_ROLE, "SELECT audit_prune(%s, %s, %s, %s)",
-               [world.tenant_a.pk, event.seq, event.hash, checkpoint_mac(world.tenant_a.pk, event.seq, event.hash)])
-    assert AuditEvent.objects.filter(pk=event.pk).exists()
+    with tenant_context(world.tenant_a.pk):
+        with pytest.raises(DatabaseError, match="not an expired event"):
+            run_as(APP_ROLE, "SELECT audit_prune(%s, %s, %s, %s)",
+                   [world.tenant_a.pk, event.seq, event.hash, checkpoint_mac(world.tenant_a.pk, event.seq, event.hash)])
+        assert AuditEvent.objects.filter(pk=event.pk).exists()

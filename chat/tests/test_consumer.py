@@ -5,11 +5,14 @@ import json
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.db import connection
 from django.test import Client
 
 from chat import streams
 from chat.models import Conversation, Message
 from deepseek_web.asgi import application
+from tenants.rls import tenant_context
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,7 +34,8 @@ async def connect(user, conversation_id: int) -> tuple[WebsocketCommunicator, bo
 
 @pytest.fixture
 def conversation(world) -> Conversation:
-    return Conversation.objects.create(tenant=world.tenant_a, user=world.alice)
+    with tenant_context(world.tenant_a.pk):
+        return Conversation.objects.create(tenant=world.tenant_a, user=world.alice)
 
 
 async def test_it_refuses_charlie_of_another_tenant_before_accept(world, conversation) -> None:
@@ -64,17 +68,29 @@ async def test_it_answers_a_non_json_frame_with_an_error_and_stays_usable(world,
     reply = await communicator.receive_json_from(timeout=5)
     assert reply["type"] == "submitted" and reply["title"] == "Hello there"
     assert "Hello there" in reply["user_html"] and f'id="msg-{reply["message_id"]}"' in reply["reply_html"]
-    stored = await database_sync_to_async(
-        lambda: list(Message.objects.filter(conversation=conversation).values_list("role", "status"))
-    )()
+    def stored_messages() -> list[tuple[str, str]]:
+        with tenant_context(conversation.tenant_id):
+            return list(Message.objects.filter(conversation=conversation).values_list("role", "status"))
+
+    stored = await database_sync_to_async(stored_messages)()
     assert stored == [("user", "done"), ("assistant", "pending")]
     await communicator.disconnect()
 
 
+def _create_assistant_message(conversation: Conversation) -> Message:
+    with tenant_context(conversation.tenant_id):
+        return Message.objects.create(
+            tenant_id=conversation.tenant_id, conversation=conversation, role="assistant", status="streaming"
+        )
+
+
 async def _assistant_message(conversation: Conversation) -> Message:
-    return await database_sync_to_async(Message.objects.create)(
-        tenant_id=conversation.tenant_id, conversation=conversation, role="assistant", status="streaming"
-    )
+    return await database_sync_to_async(_create_assistant_message)(conversation)
+
+
+def _save(message: Message) -> None:
+    with tenant_context(message.tenant_id):
+        message.save()
 
 
 async def test_it_replays_exactly_the_missing_chunks_after_a_reconnect(world, conversation) -> None:
@@ -94,7 +110,7 @@ async def test_it_replays_exactly_the_missing_chunks_after_a_reconnect(world, co
     writer.token("six ")
     writer.token("seven")
     message.content, message.status = "one two three four five six seven", "done"
-    await database_sync_to_async(message.save)()
+    await database_sync_to_async(_save)(message)
     writer.end("done")
 
     second, connected, _ = await connect(world.alice, conversation.pk)
@@ -116,7 +132,11 @@ async def test_it_replays_exactly_the_missing_chunks_after_a_reconnect(world, co
 
 
 async def test_it_will_not_resume_or_stop_a_message_of_another_conversation(world, conversation) -> None:
-    other = await database_sync_to_async(Conversation.objects.create)(tenant=world.tenant_b, user=world.charlie)
+    def create_other() -> Conversation:
+        with tenant_context(world.tenant_b.pk):
+            return Conversation.objects.create(tenant=world.tenant_b, user=world.charlie)
+
+    other = await database_sync_to_async(create_other)()
     foreign = await _assistant_message(other)
     communicator, connected, _ = await connect(world.alice, conversation.pk)
     assert connected
@@ -142,3 +162,20 @@ async def test_it_keeps_relaying_after_a_quiet_spell_longer_than_the_redis_timeo
     frame = await communicator.receive_json_from(timeout=10)
     assert frame == {"type": "chunk", "message_id": message.pk, "seq": 1, "text": "late but here"}
     await communicator.disconnect()
+
+
+def test_the_database_itself_hides_another_tenants_rows_from_the_app_role(world, conversation) -> None:
+    """Row-level security, not our querysets: the same unfiltered query sees tenant A's message only
+    while the connection's tenant setting is A."""
+    with tenant_context(world.tenant_a.pk):
+        message = Message.objects.create(
+            tenant_id=world.tenant_a.pk, conversation=conversation, role="user", status="done", content="secret"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_user, rolbypassrls, rolsuper FROM pg_roles WHERE rolname = current_user")
+        role, bypass_rls, superuser = cursor.fetchone()
+    assert role == settings.DB_APP_ROLE == "dsw_app" and not bypass_rls and not superuser
+    with tenant_context(world.tenant_b.pk):
+        assert not Message.objects.filter(pk=message.pk).exists()
+    with tenant_context(world.tenant_a.pk):
+        assert Message.objects.filter(pk=message.pk).exists()

@@ -11,23 +11,35 @@ from django.utils import timezone
 from audit.services import actor_for
 from chat import services, streams
 from chat.models import Conversation, Message
+from tenants.rls import tenant_context
 
 
 @pytest.fixture
 def reply(world, django_capture_on_commit_callbacks) -> Message:
-    conversation = Conversation.objects.create(tenant=world.tenant_a, user=world.alice)
-    with django_capture_on_commit_callbacks(execute=False):  # the test runs the turn itself
-        _, reply = services.message_submit(
-            conversation=conversation, text="Tell me about our travel policy.",
-            actor=actor_for(user_id=world.alice.pk, role="employee"),
-        )
+    with tenant_context(world.tenant_a.pk):
+        conversation = Conversation.objects.create(tenant=world.tenant_a, user=world.alice)
+        with django_capture_on_commit_callbacks(execute=False):  # the test runs the turn itself
+            _, reply = services.message_submit(
+                conversation=conversation, text="Tell me about our travel policy.",
+                actor=actor_for(user_id=world.alice.pk, role="employee"),
+            )
     return reply
+
+
+def refresh(message: Message) -> None:
+    with tenant_context(message.tenant_id):
+        message.refresh_from_db()
+
+
+def update(message: Message, **fields: object) -> None:
+    with tenant_context(message.tenant_id):
+        Message.objects.filter(pk=message.pk).update(**fields)
 
 
 def test_it_streams_numbered_chunks_and_stores_the_final_answer(reply, use_model, tiny_model_dir) -> None:
     use_model(tiny_model_dir, CHAT_MAX_NEW_TOKENS=24)
-    services.message_generate(message_id=reply.pk)
-    reply.refresh_from_db()
+    services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+    refresh(reply)
     assert reply.status == Message.Status.DONE and reply.attempts == 1
     entries = streams.read_all(reply.pk)
     assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
@@ -44,26 +56,27 @@ def test_it_fails_the_turn_with_the_reason_when_the_model_folder_is_missing(
     missing = tmp_path / "no-such-model"
     use_model(str(missing))
     with caplog.at_level(logging.ERROR):
-        services.message_generate(message_id=reply.pk)
-    reply.refresh_from_db()
+        services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+    refresh(reply)
     assert reply.status == Message.Status.FAILED
     assert str(missing) in reply.error and "not available" in reply.error
     assert str(missing) in caplog.text  # the worker logs it too
     end = streams.read_all(reply.pk)[-1]
     assert end.kind == "end" and end.fields["status"] == "failed" and str(missing) in end.fields["error"]
     # The user's question is kept.
-    assert Message.objects.get(pk=reply.reply_to_id).content == "Tell me about our travel policy."
+    with tenant_context(reply.tenant_id):
+        assert Message.objects.get(pk=reply.reply_to_id).content == "Tell me about our travel policy."
 
 
 def test_it_retries_once_a_turn_whose_worker_died(reply, use_model, tiny_model_dir) -> None:
     use_model(tiny_model_dir, CHAT_MAX_NEW_TOKENS=8)
     # The first worker got two chunks out, then died; the broker redelivers the task.
-    Message.objects.filter(pk=reply.pk).update(status=Message.Status.STREAMING, attempts=1)
+    update(reply, status=Message.Status.STREAMING, attempts=1)
     writer = streams.StreamWriter(reply.pk)
     writer.token("half an ")
     writer.token("answer")
-    services.message_generate(message_id=reply.pk)
-    reply.refresh_from_db()
+    services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+    refresh(reply)
     assert reply.status == Message.Status.DONE and reply.attempts == 2
     kinds = [e.kind for e in streams.read_all(reply.pk)]
     assert kinds[:3] == ["token", "token", "reset"] and kinds[-1] == "end"
@@ -71,25 +84,26 @@ def test_it_retries_once_a_turn_whose_worker_died(reply, use_model, tiny_model_d
 
 
 def test_it_fails_a_turn_whose_worker_died_twice(reply) -> None:
-    Message.objects.filter(pk=reply.pk).update(status=Message.Status.STREAMING, attempts=2)
-    services.message_generate(message_id=reply.pk)
-    reply.refresh_from_db()
+    update(reply, status=Message.Status.STREAMING, attempts=2)
+    services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+    refresh(reply)
     assert reply.status == Message.Status.FAILED and "stopped twice" in reply.error
 
 
 def test_it_ends_as_cancelled_when_stop_came_before_the_worker(reply, use_model, tiny_model_dir) -> None:
     use_model(tiny_model_dir)
     streams.cancel_request(reply.pk)  # Stop pressed while the worker was picking the turn up
-    services.message_generate(message_id=reply.pk)
-    reply.refresh_from_db()
+    services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+    refresh(reply)
     assert reply.status == Message.Status.CANCELLED
 
 
 def test_it_sweeps_a_turn_whose_worker_vanished(reply, settings) -> None:
-    Message.objects.filter(pk=reply.pk).update(
-        status=Message.Status.STREAMING, updated_at=timezone.now() - timedelta(seconds=settings.CHAT_STALE_TURN_S + 5)
+    update(
+        reply, status=Message.Status.STREAMING,
+        updated_at=timezone.now() - timedelta(seconds=settings.CHAT_STALE_TURN_S + 5),
     )
     assert services.turns_sweep_stale() == 1
-    reply.refresh_from_db()
+    refresh(reply)
     assert reply.status == Message.Status.FAILED and reply.error == services.WORKER_DIED
     assert streams.read_all(reply.pk)[-1].fields["status"] == "failed"

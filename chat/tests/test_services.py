@@ -7,11 +7,13 @@ from audit.models import AuditEvent
 from audit.services import actor_for
 from chat import services, streams
 from chat.models import Conversation, Message
+from tenants.rls import tenant_context
 
 
 @pytest.fixture
 def conversation(world) -> Conversation:
-    return Conversation.objects.create(tenant=world.tenant_a, user=world.alice)
+    with tenant_context(world.tenant_a.pk):
+        return Conversation.objects.create(tenant=world.tenant_a, user=world.alice)
 
 
 def actor(world):
@@ -21,40 +23,44 @@ def actor(world):
 def test_it_stores_the_question_a_pending_reply_and_an_audit_event(
     world, conversation, django_capture_on_commit_callbacks
 ) -> None:
-    with django_capture_on_commit_callbacks() as callbacks:
+    with django_capture_on_commit_callbacks() as callbacks, tenant_context(world.tenant_a.pk):
         user_message, reply = services.message_submit(
             conversation=conversation, text="  What is our leave policy?  ", actor=actor(world)
         )
     assert user_message.content == "What is our leave policy?"
     assert user_message.tenant_id == reply.tenant_id == world.tenant_a.pk
     assert reply.status == Message.Status.PENDING and reply.reply_to_id == user_message.pk
-    conversation.refresh_from_db()
+    with tenant_context(world.tenant_a.pk):
+        conversation.refresh_from_db()
+        event = AuditEvent.objects.get(action="message.submit")
     assert conversation.title == "What is our leave policy?"
-    event = AuditEvent.objects.get(action="message.submit")
     assert event.target_id == str(user_message.pk) and event.actor_id == world.alice.pk
     assert len(callbacks) == 1  # the turn is queued only after commit
 
 
 def test_it_refuses_an_empty_message_and_stores_nothing(world, conversation) -> None:
-    with pytest.raises(services.ChatInputError, match="empty"):
+    with pytest.raises(services.ChatInputError, match="empty"), tenant_context(world.tenant_a.pk):
         services.message_submit(conversation=conversation, text=" \n\t ", actor=actor(world))
-    assert Message.objects.count() == 0
-    assert not AuditEvent.objects.filter(action="message.submit").exists()
+    with tenant_context(world.tenant_a.pk):
+        assert Message.objects.count() == 0
+        assert not AuditEvent.objects.filter(action="message.submit").exists()
 
 
 @override_settings(CHAT_MAX_MESSAGE_CHARS=100)
 def test_it_refuses_a_message_over_the_limit_and_names_the_limit(world, conversation) -> None:
-    with pytest.raises(services.ChatInputError, match="limit is 100"):
+    with pytest.raises(services.ChatInputError, match="limit is 100"), tenant_context(world.tenant_a.pk):
         services.message_submit(conversation=conversation, text="x" * 101, actor=actor(world))
-    assert Message.objects.count() == 0
+    with tenant_context(world.tenant_a.pk):
+        assert Message.objects.count() == 0
 
 
 def test_it_cancels_a_queued_turn_and_ends_its_stream(world, conversation, django_capture_on_commit_callbacks) -> None:
-    with django_capture_on_commit_callbacks(execute=False):
+    with django_capture_on_commit_callbacks(execute=False), tenant_context(world.tenant_a.pk):
         _, reply = services.message_submit(conversation=conversation, text="hello", actor=actor(world))
-    with django_capture_on_commit_callbacks(execute=True):
+    with django_capture_on_commit_callbacks(execute=True), tenant_context(world.tenant_a.pk):
         services.message_cancel(message=reply, actor=actor(world))
-    reply.refresh_from_db()
+    with tenant_context(world.tenant_a.pk):
+        reply.refresh_from_db()
     assert reply.status == Message.Status.CANCELLED
     assert streams.is_cancel_requested(reply.pk)
     entries = streams.read_all(reply.pk)
@@ -62,14 +68,17 @@ def test_it_cancels_a_queued_turn_and_ends_its_stream(world, conversation, djang
 
 
 def test_it_renames_and_deletes_a_conversation_with_audit(world, conversation) -> None:
-    services.conversation_rename(conversation=conversation, title="  Q3   planning ", actor=actor(world))
-    conversation.refresh_from_db()
+    with tenant_context(world.tenant_a.pk):
+        services.conversation_rename(conversation=conversation, title="  Q3   planning ", actor=actor(world))
+        conversation.refresh_from_db()
     assert conversation.title == "Q3 planning"
-    services.conversation_delete(conversation=conversation, actor=actor(world))
-    assert not Conversation.objects.filter(pk=conversation.pk).exists()
-    assert list(AuditEvent.objects.order_by("seq").values_list("action", flat=True)) == [
-        "conversation.rename", "conversation.delete",
-    ]
+    with tenant_context(world.tenant_a.pk):
+        services.conversation_delete(conversation=conversation, actor=actor(world))
+    with tenant_context(world.tenant_a.pk):
+        assert not Conversation.objects.filter(pk=conversation.pk).exists()
+        assert list(AuditEvent.objects.order_by("seq").values_list("action", flat=True)) == [
+            "conversation.rename", "conversation.delete",
+        ]
 
 
 def test_it_renders_markdown_without_raw_html() -> None:

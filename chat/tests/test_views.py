@@ -6,11 +6,13 @@ from django.urls import reverse
 
 from audit.models import AuditEvent
 from chat.models import Conversation
+from tenants.rls import tenant_context
 
 
 @pytest.fixture
 def conversation(world) -> Conversation:
-    return Conversation.objects.create(tenant=world.tenant_a, user=world.alice, title="Budget questions")
+    with tenant_context(world.tenant_a.pk):
+        return Conversation.objects.create(tenant=world.tenant_a, user=world.alice, title="Budget questions")
 
 
 def client_for(user) -> Client:
@@ -35,7 +37,8 @@ def test_it_redirects_home_to_the_latest_conversation(world, conversation) -> No
 def test_it_creates_renames_and_deletes_with_audit(world) -> None:
     client = client_for(world.alice)
     response = client.post(reverse("chat:conversation_new"))
-    conversation = Conversation.objects.get(user=world.alice)
+    with tenant_context(world.tenant_a.pk):
+        conversation = Conversation.objects.get(user=world.alice)
     assert response.status_code == 302 and conversation.tenant == world.tenant_a
     response = client.post(reverse("chat:conversation_rename", args=[conversation.pk]), {"title": "Travel"},
                            HTTP_HX_REQUEST="true")
@@ -45,11 +48,12 @@ def test_it_creates_renames_and_deletes_with_audit(world) -> None:
     assert response.status_code == 400 and "cannot be empty" in response.content.decode()
     response = client.post(reverse("chat:conversation_delete", args=[conversation.pk]), HTTP_HX_REQUEST="true")
     assert response.status_code == 200 and response.headers["HX-Redirect"] == reverse("chat:home")
-    assert not Conversation.objects.exists()
-    actions = AuditEvent.objects.filter(action__startswith="conversation.").order_by("seq")
-    assert list(actions.values_list("action", flat=True)) == [
-        "conversation.create", "conversation.rename", "conversation.delete",
-    ]
+    with tenant_context(world.tenant_a.pk):
+        assert not Conversation.objects.exists()
+        actions = AuditEvent.objects.filter(action__startswith="conversation.").order_by("seq")
+        assert list(actions.values_list("action", flat=True)) == [
+            "conversation.create", "conversation.rename", "conversation.delete",
+        ]
 
 
 @pytest.mark.parametrize("name,method", [
@@ -59,7 +63,8 @@ def test_it_gives_charlie_404_for_another_tenants_conversation(world, conversati
     response = getattr(client_for(world.charlie), method)(reverse(name, args=[conversation.pk]), {"title": "x"})
     assert response.status_code == 404
     assert "Budget questions" not in response.content.decode()
-    conversation.refresh_from_db()
+    with tenant_context(world.tenant_a.pk):
+        conversation.refresh_from_db()
     assert conversation.title == "Budget questions"
 
 
