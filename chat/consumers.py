@@ -137,7 +137,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 }
             )
         )
-        self._start_relay(reply.pk, 0)
+        self._start_relay(reply, 0)
 
     @database_sync_to_async
     def _store_turn(self, text: str) -> tuple[Message, Message]:
@@ -163,7 +163,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if message is None or not isinstance(last_seq, int) or last_seq < 0:
             await self._error("resume needs a message of this conversation and a last_seq >= 0.")
             return
-        self._start_relay(message.pk, last_seq)
+        self._start_relay(message, last_seq)
 
     async def _stop(self, frame: dict[str, Any]) -> None:
         message = await self._message_from_frame(frame)
@@ -187,18 +187,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # -- relay ----------------------------------------------------------------------------------
 
-    def _start_relay(self, message_id: int, last_seq: int) -> None:
-        previous = self.relays.pop(message_id, None)
+    def _start_relay(self, message: Message, last_seq: int) -> None:
+        previous = self.relays.pop(message.pk, None)
         if previous is not None:
             previous.cancel()
-        self.relays[message_id] = asyncio.create_task(self._relay(message_id, last_seq))
+        self.relays[message.pk] = asyncio.create_task(self._relay(message, last_seq))
 
-    async def _relay(self, message_id: int, last_seq: int) -> None:
+    async def _relay(self, message: Message, last_seq: int) -> None:
         """Sends every entry after `last_seq`, in order, until the turn's end entry."""
+        message_id = message.pk
         try:
             while True:
-                entries = await streams.read_after(self.redis, message_id, last_seq)
-                if not entries and await self._final_without_stream(message_id, last_seq):
+                entries = await streams.read_after(self.redis, message, last_seq)
+                if not entries and await self._final_without_stream(message, last_seq):
                     return
                 for entry in entries:
                     last_seq = entry.seq
@@ -218,14 +219,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         finally:
             self.relays.pop(message_id, None)
 
-    async def _final_without_stream(self, message_id: int, last_seq: int) -> bool:
+    async def _final_without_stream(self, message: Message, last_seq: int) -> bool:
         """A finished turn whose stream has expired: send the stored answer instead."""
-        if await self.redis.exists(streams.stream_key(message_id)):
+        if await self.redis.exists(streams.stream_key(message)):
             return False
-        message = await self._get_message(message_id)
-        if message is None or not message.is_final:
+        current = await self._get_message(message.pk)
+        if current is None or not current.is_final:
             return False
-        await self._send_end(message_id, last_seq)
+        await self._send_end(message.pk, last_seq)
         return True
 
     @database_sync_to_async

@@ -58,7 +58,7 @@ def conversation_rename(*, conversation: Conversation, title: str, actor: Actor)
 
 @transaction.atomic
 def conversation_delete(*, conversation: Conversation, actor: Actor) -> None:
-    message_ids = list(conversation.messages.filter(role=Message.Role.ASSISTANT).values_list("pk", flat=True))
+    replies = list(conversation.messages.filter(role=Message.Role.ASSISTANT).only("pk", "created_at"))
     audit_record(
         tenant_id=conversation.tenant_id, actor=actor, action="conversation.delete",
         target_type="conversation", target_id=conversation.pk,
@@ -67,8 +67,8 @@ def conversation_delete(*, conversation: Conversation, actor: Actor) -> None:
     conversation.delete()
 
     def stop_running_turns() -> None:
-        for message_id in message_ids:
-            streams.cancel_request(message_id)
+        for reply in replies:
+            streams.cancel_request(reply)
 
     transaction.on_commit(stop_running_turns)
 
@@ -133,15 +133,14 @@ def message_cancel(*, message: Message, actor: Actor) -> Message:
         tenant_id=message.tenant_id, actor=actor, action="message.cancel",
         target_type="message", target_id=message.pk,
     )
-    streams.cancel_request(message.pk)
+    streams.cancel_request(message)
     # Only a turn no worker has picked up yet is ended here; the conditional update cannot race
     # with the worker's own PENDING -> STREAMING transition.
     if Message.objects.filter(pk=message.pk, status=Message.Status.PENDING).update(
         status=Message.Status.CANCELLED, updated_at=timezone.now()
     ):
         message.refresh_from_db()
-        message_id = message.pk
-        transaction.on_commit(lambda: streams.StreamWriter(message_id).end(Message.Status.CANCELLED))
+        transaction.on_commit(lambda: streams.StreamWriter(message).end(Message.Status.CANCELLED))
     return message
 
 
@@ -158,7 +157,7 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
         message = Message.objects.select_for_update().filter(pk=message_id).first()
         if message is None or message.is_final:
             return  # deleted, cancelled while queued, or already finished
-        writer = streams.StreamWriter(message.pk)
+        writer = streams.StreamWriter(message)
         if message.status == Message.Status.STREAMING:
             # A worker died mid-turn and the broker redelivered it.
             if message.attempts >= MAX_ATTEMPTS:
@@ -172,7 +171,7 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
         message.save(update_fields=["status", "attempts", "content", "updated_at"])
     queued_ms = (timezone.now() - message.created_at).total_seconds() * 1000
 
-    if streams.is_cancel_requested(message.pk):
+    if streams.is_cancel_requested(message):
         _finish(message, writer, Message.Status.CANCELLED)
         return
     try:
@@ -207,7 +206,7 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
         now = time.monotonic()
         if now - last_control >= CONTROL_INTERVAL_S:
             last_control = now
-            if streams.is_cancel_requested(message.pk):
+            if streams.is_cancel_requested(message):
                 handle.cancel()
         if now - last_beat >= HEARTBEAT_INTERVAL_S:
             last_beat = now
@@ -250,6 +249,6 @@ def _sweep_tenant(tenant_id: int) -> int:
             if updated:
                 audit_record(tenant_id=message.tenant_id, actor=SYSTEM, action="message.fail_stale",
                              target_type="message", target_id=message.pk)
-                streams.StreamWriter(message.pk).end(Message.Status.FAILED, WORKER_DIED)
+                streams.StreamWriter(message).end(Message.Status.FAILED, WORKER_DIED)
                 count += 1
     return count

@@ -13,11 +13,14 @@ Entry kinds:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+
+if TYPE_CHECKING:
+    from chat.models import Message
 
 _sync_client: redis.Redis | None = None
 
@@ -38,12 +41,19 @@ def async_client() -> aioredis.Redis:
 READ_BLOCK_MS = 5000
 
 
-def stream_key(message_id: int) -> str:
-    return f"dsw:stream:msg:{message_id}"
+def _name(message: Message) -> str:
+    # The row id alone is not unique for ever: a database restored from a backup (or recreated)
+    # reuses ids while Redis still holds the streams of the lost rows. With the creation time, a
+    # new message can never replay an old message's chunks.
+    return f"{message.pk}:{int(message.created_at.timestamp() * 1_000_000)}"
 
 
-def cancel_key(message_id: int) -> str:
-    return f"dsw:cancel:msg:{message_id}"
+def stream_key(message: Message) -> str:
+    return f"dsw:stream:msg:{_name(message)}"
+
+
+def cancel_key(message: Message) -> str:
+    return f"dsw:cancel:msg:{_name(message)}"
 
 
 @dataclass(frozen=True)
@@ -65,8 +75,8 @@ def _parse(entries: Any) -> list[StreamEntry]:
 class StreamWriter:
     """Appends numbered chunks for one message. Used by the GPU worker, one writer per turn."""
 
-    def __init__(self, message_id: int, client: redis.Redis | None = None) -> None:
-        self.key = stream_key(message_id)
+    def __init__(self, message: Message, client: redis.Redis | None = None) -> None:
+        self.key = stream_key(message)
         self.client = client or sync_client()
         # A retried turn continues the numbering, so clients that saw the first attempt's
         # chunks still get every later entry exactly once.
@@ -91,24 +101,24 @@ class StreamWriter:
         return seq
 
 
-def cancel_request(message_id: int) -> None:
-    sync_client().set(cancel_key(message_id), "1", ex=settings.CHAT_STREAM_TTL_S)
+def cancel_request(message: Message) -> None:
+    sync_client().set(cancel_key(message), "1", ex=settings.CHAT_STREAM_TTL_S)
 
 
-def is_cancel_requested(message_id: int) -> bool:
-    return bool(sync_client().exists(cancel_key(message_id)))
+def is_cancel_requested(message: Message) -> bool:
+    return bool(sync_client().exists(cancel_key(message)))
 
 
 async def read_after(
-    client: aioredis.Redis, message_id: int, last_seq: int, block_ms: int = READ_BLOCK_MS
+    client: aioredis.Redis, message: Message, last_seq: int, block_ms: int = READ_BLOCK_MS
 ) -> list[StreamEntry]:
     """Entries numbered above `last_seq`, waiting up to `block_ms` for the first one."""
-    key = stream_key(message_id)
+    key = stream_key(message)
     result: Any = await client.xread({key: f"{last_seq}-0"}, block=block_ms, count=500)
     if not result:
         return []
     return _parse(result[0][1])
 
 
-def read_all(message_id: int) -> list[StreamEntry]:
-    return _parse(sync_client().xrange(stream_key(message_id)))
+def read_all(message: Message) -> list[StreamEntry]:
+    return _parse(sync_client().xrange(stream_key(message)))

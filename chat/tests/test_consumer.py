@@ -95,7 +95,7 @@ def _save(message: Message) -> None:
 
 async def test_it_replays_exactly_the_missing_chunks_after_a_reconnect(world, conversation) -> None:
     message = await _assistant_message(conversation)
-    writer = streams.StreamWriter(message.pk)
+    writer = streams.StreamWriter(message)
     for word in ["one ", "two ", "three ", "four ", "five "]:
         writer.token(word)
 
@@ -145,7 +145,7 @@ async def test_it_will_not_resume_or_stop_a_message_of_another_conversation(worl
         await communicator.send_to(text_data=json.dumps(frame))
         reply = await communicator.receive_json_from(timeout=5)
         assert reply["type"] == "error"
-    assert not streams.is_cancel_requested(foreign.pk)
+    assert not streams.is_cancel_requested(foreign)
     await communicator.disconnect()
 
 
@@ -158,7 +158,7 @@ async def test_it_keeps_relaying_after_a_quiet_spell_longer_than_the_redis_timeo
     await communicator.send_json_to({"type": "resume", "message_id": message.pk, "last_seq": 0})
     # Longer than one blocking read and than redis-py's default 5 s socket timeout.
     await asyncio.sleep(streams.READ_BLOCK_MS / 1000 + 1.5)
-    streams.StreamWriter(message.pk).token("late but here")
+    streams.StreamWriter(message).token("late but here")
     frame = await communicator.receive_json_from(timeout=10)
     assert frame == {"type": "chunk", "message_id": message.pk, "seq": 1, "text": "late but here"}
     await communicator.disconnect()
@@ -179,3 +179,24 @@ def test_the_database_itself_hides_another_tenants_rows_from_the_app_role(world,
         assert not Message.objects.filter(pk=message.pk).exists()
     with tenant_context(world.tenant_a.pk):
         assert Message.objects.filter(pk=message.pk).exists()
+
+
+async def test_it_never_replays_the_stream_of_an_older_message_with_the_same_id(world, conversation) -> None:
+    from datetime import timedelta
+
+    message = await _assistant_message(conversation)
+    # What Redis still holds after the database was restored from a backup: a finished stream
+    # of a lost row that had this same id.
+    lost = Message(pk=message.pk, created_at=message.created_at - timedelta(hours=1))
+    old = streams.StreamWriter(lost)
+    old.token("an answer from before the restore")
+    old.end("done")
+
+    communicator, connected, _ = await connect(world.alice, conversation.pk)
+    assert connected
+    await communicator.send_json_to({"type": "resume", "message_id": message.pk, "last_seq": 0})
+    assert await communicator.receive_nothing(timeout=0.5)
+    streams.StreamWriter(message).token("the new answer")
+    frame = await communicator.receive_json_from(timeout=10)
+    assert frame["text"] == "the new answer" and frame["seq"] == 1
+    await communicator.disconnect()

@@ -41,7 +41,7 @@ def test_it_streams_numbered_chunks_and_stores_the_final_answer(reply, use_model
     services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
     refresh(reply)
     assert reply.status == Message.Status.DONE and reply.attempts == 1
-    entries = streams.read_all(reply.pk)
+    entries = streams.read_all(reply)
     assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
     assert entries[-1].kind == "end" and entries[-1].fields["status"] == "done"
     assert {e.kind for e in entries[:-1]} == {"token"}
@@ -61,7 +61,7 @@ def test_it_fails_the_turn_with_the_reason_when_the_model_folder_is_missing(
     assert reply.status == Message.Status.FAILED
     assert str(missing) in reply.error and "not available" in reply.error
     assert str(missing) in caplog.text  # the worker logs it too
-    end = streams.read_all(reply.pk)[-1]
+    end = streams.read_all(reply)[-1]
     assert end.kind == "end" and end.fields["status"] == "failed" and str(missing) in end.fields["error"]
     # The user's question is kept.
     with tenant_context(reply.tenant_id):
@@ -72,13 +72,13 @@ def test_it_retries_once_a_turn_whose_worker_died(reply, use_model, tiny_model_d
     use_model(tiny_model_dir, CHAT_MAX_NEW_TOKENS=8)
     # The first worker got two chunks out, then died; the broker redelivers the task.
     update(reply, status=Message.Status.STREAMING, attempts=1)
-    writer = streams.StreamWriter(reply.pk)
+    writer = streams.StreamWriter(reply)
     writer.token("half an ")
     writer.token("answer")
     services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
     refresh(reply)
     assert reply.status == Message.Status.DONE and reply.attempts == 2
-    kinds = [e.kind for e in streams.read_all(reply.pk)]
+    kinds = [e.kind for e in streams.read_all(reply)]
     assert kinds[:3] == ["token", "token", "reset"] and kinds[-1] == "end"
     assert "half an" not in reply.content
 
@@ -92,7 +92,7 @@ def test_it_fails_a_turn_whose_worker_died_twice(reply) -> None:
 
 def test_it_ends_as_cancelled_when_stop_came_before_the_worker(reply, use_model, tiny_model_dir) -> None:
     use_model(tiny_model_dir)
-    streams.cancel_request(reply.pk)  # Stop pressed while the worker was picking the turn up
+    streams.cancel_request(reply)  # Stop pressed while the worker was picking the turn up
     services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
     refresh(reply)
     assert reply.status == Message.Status.CANCELLED
@@ -106,4 +106,4 @@ def test_it_sweeps_a_turn_whose_worker_vanished(reply, settings) -> None:
     assert services.turns_sweep_stale() == 1
     refresh(reply)
     assert reply.status == Message.Status.FAILED and reply.error == services.WORKER_DIED
-    assert streams.read_all(reply.pk)[-1].fields["status"] == "failed"
+    assert streams.read_all(reply)[-1].fields["status"] == "failed"

@@ -62,8 +62,8 @@ def test_it_cancels_a_queued_turn_and_ends_its_stream(world, conversation, djang
     with tenant_context(world.tenant_a.pk):
         reply.refresh_from_db()
     assert reply.status == Message.Status.CANCELLED
-    assert streams.is_cancel_requested(reply.pk)
-    entries = streams.read_all(reply.pk)
+    assert streams.is_cancel_requested(reply)
+    entries = streams.read_all(reply)
     assert [e.kind for e in entries] == ["end"] and entries[0].fields["status"] == "cancelled"
 
 
