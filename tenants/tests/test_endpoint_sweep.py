@@ -1,0 +1,138 @@
+"""Every endpoint, every role of tenant A, tenant B's object ids in the path and in the body:
+the answer is 403 or 404 (Django admin: a redirect away), and never contains B's data. A URL
+without a case here fails the build."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from audit.services import actor_for, audit_record
+from chat.models import Conversation, Message
+from tenants.models import Membership
+from tenants.rls import tenant_context
+
+SECRETS = ("B-SECRET-TITLE", "B-SECRET-CONTENT", "B-SECRET-AUDIT")
+A_ROLES = ["alice", "erin", "dora", "bob"]  # employee, knowledge admin, compliance, owner
+
+
+@pytest.fixture
+def tenant_b_objects(world) -> dict[str, int]:
+    with tenant_context(world.tenant_b.pk):
+        conversation = Conversation.objects.create(tenant=world.tenant_b, user=world.charlie, title=SECRETS[0])
+        message = Message.objects.create(tenant=world.tenant_b, conversation=conversation, role="user",
+                                         content=SECRETS[1])
+        membership = Membership.objects.get(tenant=world.tenant_b, user=world.charlie)
+    event = audit_record(tenant_id=world.tenant_b.pk, actor=actor_for(user_id=world.charlie.pk, role="employee"),
+                         action="conversation.rename", target_id=conversation.pk, payload={"title": SECRETS[2]})
+    return {"conversation": conversation.pk, "message": message.pk, "event": event.pk,
+            "membership": membership.pk, "user": world.charlie.pk}
+
+
+Request = tuple[str, str, dict[str, Any]]
+# Object endpoints: B's id in the path must give 403/404.
+OBJECT_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
+    "chat:conversation_detail": lambda b: [("get", reverse("chat:conversation_detail", args=[b["conversation"]]), {})],
+    "chat:conversation_rename": lambda b: [
+        ("post", reverse("chat:conversation_rename", args=[b["conversation"]]), {"title": "hijacked"})],
+    "chat:conversation_delete": lambda b: [("post", reverse("chat:conversation_delete", args=[b["conversation"]]), {})],
+    "audit:event": lambda b: [("get", reverse("audit:event", args=[b["event"]]), {})],
+}
+# Endpoints without an object in the path: B's ids go in the query and the body instead.
+COLLECTION_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
+    "chat:home": lambda b: [("get", reverse("chat:home"), {"conversation": b["conversation"]})],
+    "chat:conversation_new": lambda b: [("post", reverse("chat:conversation_new"), {"conversation": b["conversation"]})],
+    "audit:trail": lambda b: [("get", reverse("audit:trail"), {"target": f"conversation:{b['conversation']}"})],
+    "audit:export": lambda b: [
+        ("get", reverse("audit:export", args=[fmt]), {"target": f"conversation:{b['conversation']}"})
+        for fmt in ("jsonl", "csv")
+    ],
+    "healthz": lambda b: [("get", reverse("healthz"), {"id": b["conversation"]})],
+    "login": lambda b: [("get", reverse("login"), {"next": f"/c/{b['conversation']}/"})],
+    "logout": lambda b: [("post", reverse("logout"), {"next": f"/c/{b['conversation']}/"})],
+}
+
+
+def _names(resolver: URLResolver, namespace: str = "") -> set[str]:
+    names = set()
+    for pattern in resolver.url_patterns:
+        if isinstance(pattern, URLResolver):
+            if pattern.app_name == "admin":
+                continue  # swept model by model below
+            names |= _names(pattern, f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace)
+        elif isinstance(pattern, URLPattern):
+            names.add(f"{namespace}{pattern.name}")
+    return names
+
+
+def test_it_has_a_sweep_case_for_every_url_and_websocket_route() -> None:
+    from chat.routing import websocket_urlpatterns
+
+    assert _names(get_resolver()) == set(OBJECT_CASES) | set(COLLECTION_CASES)
+    # The one WebSocket route is swept below; a new route must get its own case here.
+    assert [str(p.pattern) for p in websocket_urlpatterns] == ["ws/chat/<int:conversation_id>/"]
+
+
+def body_of(response: Any) -> str:
+    content = b"".join(response) if getattr(response, "streaming", False) else response.content
+    return content.decode(errors="replace")
+
+
+@pytest.mark.parametrize("who", A_ROLES)
+def test_it_refuses_tenant_b_objects_to_every_role_of_tenant_a(world, tenant_b_objects, who) -> None:
+    client = Client()
+    client.force_login(getattr(world, who))
+    for name, make in OBJECT_CASES.items():
+        for method, path, data in make(tenant_b_objects):
+            response = getattr(client, method)(path, data)
+            assert response.status_code in (403, 404), f"{who} {method} {name}: {response.status_code}"
+            assert not any(s in body_of(response) for s in SECRETS), f"{who} {method} {name} leaked"
+    for name, make in COLLECTION_CASES.items():
+        for method, path, data in make(tenant_b_objects):
+            response = getattr(client, method)(path, data)
+            assert response.status_code < 500, f"{who} {method} {name}: {response.status_code}"
+            assert not any(s in body_of(response) for s in SECRETS), f"{who} {method} {name} leaked"
+        client.force_login(getattr(world, who))  # logout was one of the cases
+    with tenant_context(world.tenant_b.pk):
+        assert Conversation.objects.get(pk=tenant_b_objects["conversation"]).title == SECRETS[0]
+
+
+def test_it_keeps_tenant_b_out_of_django_admin_for_tenant_a_owners(world, tenant_b_objects) -> None:
+    world.bob.is_staff = True
+    world.bob.save()
+    client = Client()
+    client.force_login(world.bob)
+    membership = tenant_b_objects["membership"]
+    for suffix in ("change/", "delete/", "history/"):
+        response = client.get(f"/admin/tenants/membership/{membership}/{suffix}")
+        # Django admin answers a missing object with a redirect to the index, not a 404.
+        assert response.status_code in (302, 403, 404)
+        assert "charlie" not in body_of(response)
+    listing = body_of(client.get("/admin/tenants/membership/"))
+    assert "charlie" not in listing and "frank" not in listing
+    response = client.post(f"/admin/tenants/membership/{membership}/change/", {"role": "owner", "is_active": "on"})
+    assert response.status_code in (302, 403, 404)
+    with tenant_context(world.tenant_b.pk):
+        assert Membership.objects.get(pk=membership).role == "employee"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("who", A_ROLES)
+async def test_it_refuses_the_websocket_of_a_tenant_b_conversation_before_accept(world, tenant_b_objects, who) -> None:
+    from deepseek_web.asgi import application
+
+    def cookie() -> bytes:
+        client = Client()
+        client.force_login(getattr(world, who))
+        return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+    headers = [(b"origin", b"http://localhost"), (b"cookie", await database_sync_to_async(cookie)())]
+    communicator = WebsocketCommunicator(application, f"/ws/chat/{tenant_b_objects['conversation']}/", headers=headers)
+    connected, code = await communicator.connect(timeout=5)
+    assert not connected and code == 4404
