@@ -61,3 +61,18 @@ class AuditedUserAdmin(AuditedModelAdmin, UserAdmin):
 @admin.register(Group)
 class AuditedGroupAdmin(AuditedModelAdmin, GroupAdmin):
     pass
+
+
+def _audit_axes_admins() -> None:
+    """django-axes' lockout records: unlocking an account (deleting them) is a user change."""
+    from axes.admin import AccessAttemptAdmin, AccessFailureLogAdmin, AccessLogAdmin
+    from axes.models import AccessAttempt, AccessFailureLog, AccessLog
+
+    for model, base in ((AccessAttempt, AccessAttemptAdmin), (AccessLog, AccessLogAdmin),
+                        (AccessFailureLog, AccessFailureLogAdmin)):
+        if admin.site.is_registered(model):
+            admin.site.unregister(model)
+            admin.site.register(model, type(f"Audited{base.__name__}", (AuditedModelAdmin, base), {}))
+
+
+_audit_axes_admins()

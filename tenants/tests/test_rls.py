@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -135,3 +136,90 @@ def test_it_never_leaks_the_tenant_across_1000_interleaved_requests_with_failure
         assert current_tenant_setting() == "", f"request {i} left its tenant on the connection"
     assert failures > 100 and len(observed) == 1000
     assert all(acting == setting for _, acting, setting in observed)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_tasks_of_two_tenants_apart_on_one_reused_connection(world, use_model, tiny_model_dir, settings,
+                                                                       tmp_path) -> None:
+    """Turns of A and B alternate through the real Celery task (eagerly, on this thread's
+    persistent connection); every fifth runs into a missing model and fails midway."""
+    from chat import services
+    from chat.tasks import generate_reply
+
+    settings.CONN_MAX_AGE = 600
+    use_model(tiny_model_dir, CHAT_MAX_NEW_TOKENS=4)
+    replies = []
+    for i in range(20):
+        tenant, user = (world.tenant_a, world.alice) if i % 2 == 0 else (world.tenant_b, world.charlie)
+        with tenant_context(tenant.pk, user.pk):
+            conversation = Conversation.objects.create(tenant=tenant, user=user)
+            _, reply = services.message_submit(conversation=conversation, text=f"question {i}",
+                                               actor=actor_for(user_id=user.pk, role="employee"))
+        if i % 5 == 4:
+            use_model(str(tmp_path / "missing"))
+        generate_reply.apply(kwargs={"tenant_id": tenant.pk, "message_id": reply.pk})
+        if i % 5 == 4:
+            use_model(tiny_model_dir, CHAT_MAX_NEW_TOKENS=4)
+        assert current_tenant_setting() == "", f"turn {i} left its tenant on the connection"
+        replies.append((tenant.pk, reply.pk, "failed" if i % 5 == 4 else "done"))
+    for tenant_id, reply_id, status in replies:
+        other = world.tenant_b.pk if tenant_id == world.tenant_a.pk else world.tenant_a.pk
+        with tenant_context(tenant_id):
+            assert Message.objects.get(pk=reply_id).status == status
+        with tenant_context(other):
+            assert not Message.objects.filter(pk=reply_id).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_it_keeps_consumer_calls_of_two_tenants_apart(world, settings) -> None:
+    """Two sockets of two tenants take turns on the consumers' shared database thread; bad frames
+    and refused messages fail midway between good ones."""
+    from channels.db import database_sync_to_async
+    from channels.testing import WebsocketCommunicator
+    from django.test import Client
+
+    from deepseek_web.asgi import application
+
+    settings.CONN_MAX_AGE = 600
+
+    def open_conversation(tenant: Any, user: Any) -> tuple[int, bytes]:
+        with tenant_context(tenant.pk):
+            conversation = Conversation.objects.create(tenant=tenant, user=user)
+        client = Client()
+        client.force_login(user)
+        return conversation.pk, f"sessionid={client.cookies['sessionid'].value}".encode()
+
+    sockets = []
+    for tenant, user in ((world.tenant_a, world.alice), (world.tenant_b, world.charlie)):
+        conversation_id, cookie = await database_sync_to_async(open_conversation)(tenant, user)
+        communicator = WebsocketCommunicator(application, f"/ws/chat/{conversation_id}/",
+                                             headers=[(b"origin", b"http://localhost"), (b"cookie", cookie)])
+        assert (await communicator.connect(timeout=5))[0]
+        sockets.append((tenant.pk, communicator))
+    expected = {world.tenant_a.pk: 0, world.tenant_b.pk: 0}
+    for i in range(30):
+        tenant_id, communicator = sockets[i % 2]
+        if i % 3 == 0:
+            await communicator.send_to(text_data="{broken")
+            assert (await communicator.receive_json_from(timeout=5))["type"] == "error"
+        elif i % 3 == 1:
+            await communicator.send_json_to({"type": "submit", "text": "   "})
+            assert (await communicator.receive_json_from(timeout=5))["type"] == "error"
+        else:
+            await communicator.send_json_to({"type": "submit", "text": f"from {tenant_id}: {i}"})
+            frame = await communicator.receive_json_from(timeout=5)
+            assert frame["type"] == "submitted"
+            expected[tenant_id] += 2  # question and pending reply
+    for _, communicator in sockets:
+        await communicator.disconnect()
+
+    def visible(tenant_id: int) -> tuple[list[str], set[int]]:
+        with tenant_context(tenant_id):
+            questions = list(Message.objects.filter(role="user").values_list("content", flat=True))
+            owners = set(Message.objects.values_list("tenant_id", flat=True))
+            return questions, owners
+
+    for tenant_id, count in expected.items():
+        questions, owners = await database_sync_to_async(visible)(tenant_id)
+        assert len(questions) == count // 2 and owners == {tenant_id}
+        assert all(q.startswith(f"from {tenant_id}:") for q in questions)
