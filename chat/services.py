@@ -32,6 +32,28 @@ class ChatInputError(ValueError):
     """Bad user input: shown to the user as is; nothing was stored."""
 
 
+class QuotaExceeded(ChatInputError):
+    """A quota is used up: shown to the user as is (the API answers 429); nothing was stored."""
+
+
+def _check_quotas(conversation: Conversation) -> None:
+    from tenants import quotas
+
+    tenant = conversation.tenant
+    today = quotas.messages_today(tenant=tenant, user_id=conversation.user_id)
+    if today.exceeded:
+        raise QuotaExceeded(
+            f"You have sent {today.used} messages today, your organisation's daily limit of {today.limit}. "
+            "It resets at midnight UTC."
+        )
+    month = quotas.tokens_this_month(tenant=tenant)
+    if month.exceeded:
+        raise QuotaExceeded(
+            f"Your organisation has used its {month.limit:,} generated tokens for this month. "
+            "Ask your tenant owner to raise the quota."
+        )
+
+
 @transaction.atomic
 def conversation_create(*, user: User, tenant: Tenant, actor: Actor) -> Conversation:
     conversation = Conversation.objects.create(tenant=tenant, user=user)
@@ -87,6 +109,7 @@ def _validate_text(text: str) -> str:
 def message_submit(*, conversation: Conversation, text: str, actor: Actor) -> tuple[Message, Message]:
     """Stores the user's message and a pending reply, audits, and queues the turn after commit."""
     text = _validate_text(text)
+    _check_quotas(conversation)
     user_message = Message.objects.create(
         tenant_id=conversation.tenant_id, conversation=conversation,
         role=Message.Role.USER, content=text, status=Message.Status.DONE,

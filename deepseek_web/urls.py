@@ -16,5 +16,6 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("audit/", include("audit.urls")),
+    path("settings/", include("tenants.urls")),
     path("", include("chat.urls")),
 ]

@@ -16,6 +16,9 @@ class Tenant(models.Model):
     slug = models.SlugField(max_length=60, unique=True)
     # Audit events older than this are pruned (as a whole, verified prefix of the chain).
     audit_retention_days = models.PositiveIntegerField(default=180)
+    # Quotas; 0 means unlimited.
+    quota_messages_per_user_day = models.PositiveIntegerField(default=200)
+    quota_tokens_per_month = models.PositiveBigIntegerField(default=2_000_000)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

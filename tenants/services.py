@@ -71,3 +71,90 @@ def demo_tenant_seed(*, slug: str = "demo", name: str = "Demo Company", password
                 membership_create(tenant=tenant, user=user, role=role, actor=SYSTEM)
         logins.append(DemoLogin(username=username, password=password, role=str(role.label)))
     return logins
+
+
+class MembershipError(ValueError):
+    """A console change that cannot be made; the message says why, for the owner."""
+
+
+@transaction.atomic
+def member_create(*, tenant: Tenant, username: str, password: str, role: str, actor: Actor) -> Membership:
+    """A new user account, member of `tenant` with `role`. Caller holds the tenant context."""
+    from django.contrib.auth.password_validation import validate_password
+    from django.core.exceptions import ValidationError
+
+    username = username.strip()
+    if not username:
+        raise MembershipError("A user name is required.")
+    if role not in Role.values:
+        raise MembershipError(f"Unknown role {role!r}.")
+    if User.objects.filter(username__iexact=username).exists():
+        raise MembershipError(f"The user name {username!r} is already taken.")
+    candidate = User(username=username)
+    try:
+        validate_password(password, user=candidate)
+    except ValidationError as exc:
+        raise MembershipError(" ".join(exc.messages)) from None
+    user = User.objects.create_user(username=username, password=password)
+    audit_record(tenant_id=tenant.pk, actor=actor, action="user.create", target_type="user", target_id=user.pk,
+                 payload={"username": username})
+    return _membership_create(tenant=tenant, user=user, role=role, actor=actor)
+
+
+def _owners_left(membership: Membership) -> int:
+    return Membership.objects.filter(tenant_id=membership.tenant_id, role=Role.OWNER, is_active=True).exclude(
+        pk=membership.pk).count()
+
+
+@transaction.atomic
+def membership_change_role(*, membership: Membership, role: str, actor: Actor) -> Membership:
+    if role not in Role.values:
+        raise MembershipError(f"Unknown role {role!r}.")
+    if membership.role == role:
+        return membership
+    if membership.role == Role.OWNER and _owners_left(membership) == 0:
+        raise MembershipError("The tenant needs at least one active owner.")
+    previous = membership.role
+    membership.role = role
+    membership.save(update_fields=["role"])
+    if role == Role.OWNER and not membership.user.is_staff:
+        membership.user.is_staff = True
+        membership.user.save(update_fields=["is_staff"])
+        membership.user.user_permissions.add(*Permission.objects.filter(codename__in=OWNER_ADMIN_PERMISSIONS))
+    audit_record(tenant_id=membership.tenant_id, actor=actor, action="membership.role_change",
+                 target_type="membership", target_id=membership.pk,
+                 payload={"user_id": membership.user_id, "from": previous, "to": role})
+    return membership
+
+
+@transaction.atomic
+def membership_set_active(*, membership: Membership, active: bool, actor: Actor) -> Membership:
+    if membership.is_active == active:
+        return membership
+    if not active and membership.user_id == actor.user_id:
+        raise MembershipError("You cannot deactivate yourself.")
+    if not active and membership.role == Role.OWNER and _owners_left(membership) == 0:
+        raise MembershipError("The tenant needs at least one active owner.")
+    membership.is_active = active
+    membership.save(update_fields=["is_active"])
+    audit_record(tenant_id=membership.tenant_id, actor=actor,
+                 action="membership.activate" if active else "membership.deactivate",
+                 target_type="membership", target_id=membership.pk, payload={"user_id": membership.user_id})
+    return membership
+
+
+SETTINGS_FIELDS = ("audit_retention_days", "quota_messages_per_user_day", "quota_tokens_per_month")
+
+
+@transaction.atomic
+def tenant_settings_update(*, tenant: Tenant, values: dict[str, int], actor: Actor) -> Tenant:
+    changes = {name: [getattr(tenant, name), values[name]] for name in SETTINGS_FIELDS
+               if name in values and getattr(tenant, name) != values[name]}
+    if not changes:
+        return tenant
+    for name, (_, new) in changes.items():
+        setattr(tenant, name, new)
+    tenant.save(update_fields=list(changes))
+    audit_record(tenant_id=tenant.pk, actor=actor, action="tenant.settings_update", target_type="tenant",
+                 target_id=tenant.pk, payload={"changes": changes})
+    return tenant

@@ -64,6 +64,25 @@ def _stale(world) -> None:
     chat_services.turns_sweep_stale()
 
 
+def _membership(world, user) -> int:
+    from tenants.models import Membership
+    from tenants.rls import tenant_context
+
+    with tenant_context(world.tenant_a.pk):
+        return Membership.objects.get(tenant=world.tenant_a, user=user).pk
+
+
+def _reactivate(world) -> None:
+    client = logged_in(world.bob)
+    client.post(reverse("tenants:member_active", args=[_membership(world, world.alice)]), {"active": "0"})
+    client.post(reverse("tenants:member_active", args=[_membership(world, world.alice)]), {"active": "1"})
+
+
+def _switch(world) -> None:
+    tenant_services.membership_create(tenant=world.tenant_b, user=world.alice, role="employee", actor=alice(world))
+    logged_in(world.alice).post(reverse("tenants:switch"), {"tenant_id": world.tenant_b.pk})
+
+
 def _prune(world) -> None:
     from audit.services import audit_prune_expired
 
@@ -96,6 +115,16 @@ SCENARIOS: dict[str, Callable[..., object]] = {
     "audit.view": lambda w: logged_in(w.dora).get(reverse("audit:trail")),
     "audit.export": lambda w: b"".join(logged_in(w.dora).get(reverse("audit:export", args=["jsonl"]))),
     "audit.prune": _prune,
+    "user.create": lambda w: logged_in(w.bob).post(
+        reverse("tenants:member_add"), {"username": "gina", "password": "a-Strong-passphrase-9", "role": "employee"}),
+    "membership.role_change": lambda w: logged_in(w.bob).post(
+        reverse("tenants:member_role", args=[_membership(w, w.alice)]), {"role": "compliance"}),
+    "membership.deactivate": lambda w: logged_in(w.bob).post(
+        reverse("tenants:member_active", args=[_membership(w, w.alice)]), {"active": "0"}),
+    "membership.activate": _reactivate,
+    "tenant.settings_update": lambda w: logged_in(w.bob).post(reverse("tenants:settings_update"), {
+        "audit_retention_days": 90, "quota_messages_per_user_day": 10, "quota_tokens_per_month": 1000}),
+    "tenant.switch": _switch,
 }
 
 
@@ -133,7 +162,12 @@ STATE_CHANGING = {
     "chat:conversation_delete": "conversation.delete",
     "audit:trail": "audit.view", "audit:event": "audit.view", "audit:export": "audit.export",
 }
-READ_ONLY = {"healthz", "chat:home", "chat:conversation_detail"}
+STATE_CHANGING |= {
+    "tenants:member_add": "user.create", "tenants:member_role": "membership.role_change",
+    "tenants:member_active": "membership.deactivate", "tenants:settings_update": "tenant.settings_update",
+    "tenants:switch": "tenant.switch",
+}
+READ_ONLY = {"healthz", "chat:home", "chat:conversation_detail", "tenants:console"}
 
 
 def _names(resolver: URLResolver, namespace: str = "") -> set[str]:

@@ -32,7 +32,7 @@ def tenant_b_objects(world) -> dict[str, int]:
     event = audit_record(tenant_id=world.tenant_b.pk, actor=actor_for(user_id=world.charlie.pk, role="employee"),
                          action="conversation.rename", target_id=conversation.pk, payload={"title": SECRETS[2]})
     return {"conversation": conversation.pk, "message": message.pk, "event": event.pk,
-            "membership": membership.pk, "user": world.charlie.pk}
+            "membership": membership.pk, "user": world.charlie.pk, "tenant": world.tenant_b.pk}
 
 
 Request = tuple[str, str, dict[str, Any]]
@@ -43,6 +43,11 @@ OBJECT_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
         ("post", reverse("chat:conversation_rename", args=[b["conversation"]]), {"title": "hijacked"})],
     "chat:conversation_delete": lambda b: [("post", reverse("chat:conversation_delete", args=[b["conversation"]]), {})],
     "audit:event": lambda b: [("get", reverse("audit:event", args=[b["event"]]), {})],
+    "tenants:member_role": lambda b: [
+        ("post", reverse("tenants:member_role", args=[b["membership"]]), {"role": "owner"})],
+    "tenants:member_active": lambda b: [
+        ("post", reverse("tenants:member_active", args=[b["membership"]]), {"active": "0"})],
+    "tenants:switch": lambda b: [("post", reverse("tenants:switch"), {"tenant_id": b["tenant"]})],
 }
 # Endpoints without an object in the path: B's ids go in the query and the body instead.
 COLLECTION_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
@@ -54,6 +59,11 @@ COLLECTION_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
         for fmt in ("jsonl", "csv")
     ],
     "healthz": lambda b: [("get", reverse("healthz"), {"id": b["conversation"]})],
+    "tenants:console": lambda b: [("get", reverse("tenants:console"), {"membership": b["membership"]})],
+    "tenants:member_add": lambda b: [("post", reverse("tenants:member_add"),
+                                      {"username": "charlie", "password": "x", "role": "owner"})],
+    "tenants:settings_update": lambda b: [("post", reverse("tenants:settings_update"),
+                                           {"tenant": b["tenant"], "audit_retention_days": "5"})],
     "login": lambda b: [("get", reverse("login"), {"next": f"/c/{b['conversation']}/"})],
     "logout": lambda b: [("post", reverse("logout"), {"next": f"/c/{b['conversation']}/"})],
 }
@@ -101,6 +111,9 @@ def test_it_refuses_tenant_b_objects_to_every_role_of_tenant_a(world, tenant_b_o
         client.force_login(getattr(world, who))  # logout was one of the cases
     with tenant_context(world.tenant_b.pk):
         assert Conversation.objects.get(pk=tenant_b_objects["conversation"]).title == SECRETS[0]
+        assert Membership.objects.get(pk=tenant_b_objects["membership"]).role == "employee"
+    world.tenant_b.refresh_from_db()
+    assert world.tenant_b.audit_retention_days == 180
 
 
 def test_it_keeps_tenant_b_out_of_django_admin_for_tenant_a_owners(world, tenant_b_objects) -> None:

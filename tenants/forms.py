@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from django import forms
+
+from tenants.models import Role, Tenant
+from tenants.services import SETTINGS_FIELDS
+
+
+class MemberAddForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    password = forms.CharField(widget=forms.PasswordInput, help_text="An initial password for the new user.")
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.EMPLOYEE)
+
+
+class TenantSettingsForm(forms.Form):
+    # A plain form, not a ModelForm: validating must not change the tenant before the service
+    # compares old and new values for the audit record.
+    audit_retention_days = forms.IntegerField(min_value=1, max_value=3650, label="Audit retention (days)")
+    quota_messages_per_user_day = forms.IntegerField(min_value=0, label="Messages per user per day (0: unlimited)")
+    quota_tokens_per_month = forms.IntegerField(min_value=0, label="Generated tokens per month (0: unlimited)")
+
+    @classmethod
+    def for_tenant(cls, tenant: Tenant) -> TenantSettingsForm:
+        return cls(initial={name: getattr(tenant, name) for name in SETTINGS_FIELDS})
