@@ -13,40 +13,18 @@ Run:  .venv/bin/python bench/audit_write.py [--per-writer 200]
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ["DB_NAME"] = "dsw_bench"
-os.environ.setdefault("DSW_REDIS_DB", "2")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "deepseek_web.settings")
+from stack import prepare_stack
+
 WRITERS = 8
 
 
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))]
-
-
-def prepare() -> None:
-    from deepseek_web.services import embedded
-
-    data = embedded.data_dir()
-    embedded.ensure_postgres(data)
-    embedded.ensure_redis(data)
-    embedded.ensure_roles(data)
-    embedded.ensure_database(data, "dsw_bench", owner=embedded.PG_OWNER_ROLE)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", interactive=False, verbosity=0)
 
 
 def run(per_writer: int, tenants: list[int], conversations: list[int], audited: bool) -> tuple[list[float], float]:
@@ -89,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-writer", type=int, default=200)
     args = parser.parse_args()
-    prepare()
+    prepare_stack()
     from django.contrib.auth import get_user_model
 
     from chat.models import Conversation

@@ -23,14 +23,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ["DB_NAME"] = "dsw_bench"
-os.environ["DSW_REDIS_DB"] = "2"
+from stack import ROOT, prepare_stack
+
 os.environ["CHAT_MAX_NEW_TOKENS"] = "16"
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "deepseek_web.settings")
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -57,19 +53,9 @@ def wait_http(url: str, timeout: float) -> None:
 
 
 def prepare() -> tuple[str, int, int]:
-    """Services, a fresh bench database, one user with a conversation. Returns (cookie, conversation id)."""
-    from deepseek_web.services import embedded
-
-    data = embedded.data_dir()
-    embedded.ensure_postgres(data)
-    embedded.ensure_redis(data)
-    embedded.ensure_roles(data)
-    embedded.ensure_database(data, "dsw_bench", owner=embedded.PG_OWNER_ROLE)
-    import django
-
-    django.setup()
+    """Services, the bench database, one user with a conversation: (cookie, conversation, tenant)."""
+    prepare_stack()
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
     from django.test import Client
 
     from chat.models import Conversation
@@ -77,7 +63,6 @@ def prepare() -> tuple[str, int, int]:
     from tenants.models import Membership, Tenant
     from tenants.rls import tenant_context
 
-    call_command("migrate", interactive=False, verbosity=0)
     sync_client().flushdb()
     tenant, _ = Tenant.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
     user, _ = get_user_model().objects.get_or_create(username="bench-user")

@@ -89,6 +89,22 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
+def _log_in(page: Any, base_url: str, username: str, password: str) -> None:
+    """Logs in through the login form and waits for the signed-in page."""
+    from playwright.sync_api import expect
+
+    page.goto(base_url + "/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    expect(page.locator(".topbar .user")).to_have_text(username)
+
+
+@pytest.fixture
+def log_in() -> Any:
+    return _log_in
+
+
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context()

@@ -26,14 +26,6 @@ WATCH_PARTIAL = """
 """
 
 
-def log_in(page: Page, base_url: str, username: str, password: str) -> None:
-    page.goto(base_url + "/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", password)
-    page.click("button[type=submit]")
-    expect(page.locator(".topbar .user")).to_have_text(username)
-
-
 def ask(page: Page, question: str) -> None:
     page.click("text=+ New chat")
     expect(page.locator("#messages")).to_be_visible()
@@ -44,7 +36,7 @@ def ask(page: Page, question: str) -> None:
 
 
 def test_it_streams_an_answer_and_shows_it_again_after_reload(
-    world, asgi_server, gpu_worker, page: Page, settings
+    log_in, world, asgi_server, gpu_worker, page: Page, settings
 ) -> None:
     settings.CHAT_MAX_NEW_TOKENS = 48
     log_in(page, asgi_server, "alice", world.password)
@@ -68,7 +60,7 @@ def test_it_streams_an_answer_and_shows_it_again_after_reload(
 
 
 def test_it_stops_a_long_answer_and_shows_it_as_cancelled(
-    world, asgi_server, gpu_worker, page: Page, settings
+    log_in, world, asgi_server, gpu_worker, page: Page, settings
 ) -> None:
     settings.CHAT_MAX_NEW_TOKENS = 400
     log_in(page, asgi_server, "alice", world.password)
@@ -84,7 +76,7 @@ def test_it_stops_a_long_answer_and_shows_it_as_cancelled(
     assert stored.status == "cancelled" and 0 < stored.token_count < 400
 
 
-def test_it_keeps_another_tenant_out_of_a_conversation(world, asgi_server, page: Page) -> None:
+def test_it_keeps_another_tenant_out_of_a_conversation(log_in, world, asgi_server, page: Page) -> None:
     from chat.models import Conversation
 
     with tenant_context(world.tenant_a.pk):

@@ -4,20 +4,14 @@ the new role allows."""
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def log_in(page: Page, base_url: str, username: str, password: str) -> None:
-    page.goto(base_url + "/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", password)
-    page.click("button[type=submit]")
-    expect(page.locator(".topbar .user")).to_have_text(username)
-
-
-def test_it_lets_an_owner_add_a_user_whose_role_then_decides_what_they_see(world, asgi_server, browser) -> None:
+def test_it_lets_an_owner_add_a_user_whose_role_then_decides_what_they_see(
+    log_in, world, asgi_server, browser
+) -> None:
     owner = browser.new_page()
     log_in(owner, asgi_server, "bob", world.password)
     owner.click("#console-link")
