@@ -36,7 +36,7 @@ def asgi_server(django_db_setup: None) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "DB_NAME": settings.DATABASES["default"]["NAME"], "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "DB_NAME": str(settings.DATABASES["default"]["NAME"]), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "deepseek_web.asgi:application"],
         cwd=ROOT, env=env,
