@@ -47,6 +47,13 @@ class MembershipAdmin(TenantScopedAdmin):
     list_display = ["user", "role", "is_active", "created_at"]
     list_filter = ["role", "is_active"]
 
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        # User accounts are installation-wide: an owner may pick only their own tenant's members
+        # (new people are added in the owner's console), never browse other tenants' user names.
+        if db_field.name == "user" and not request.user.is_superuser:
+            kwargs["queryset"] = User.objects.filter(memberships__tenant=getattr(request, "tenant", None))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
 
 # Django's own user and group admins, re-registered so their changes are audited too.
 admin.site.unregister(User)

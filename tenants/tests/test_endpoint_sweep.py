@@ -117,8 +117,13 @@ def test_it_refuses_tenant_b_objects_to_every_role_of_tenant_a(world, tenant_b_o
 
 
 def test_it_keeps_tenant_b_out_of_django_admin_for_tenant_a_owners(world, tenant_b_objects) -> None:
-    world.bob.is_staff = True
+    from django.contrib.auth.models import Permission
+
+    from tenants.services import OWNER_ADMIN_PERMISSIONS
+
+    world.bob.is_staff = True  # what membership_create gives an owner
     world.bob.save()
+    world.bob.user_permissions.add(*Permission.objects.filter(codename__in=OWNER_ADMIN_PERMISSIONS))
     client = Client()
     client.force_login(world.bob)
     membership = tenant_b_objects["membership"]
@@ -129,6 +134,8 @@ def test_it_keeps_tenant_b_out_of_django_admin_for_tenant_a_owners(world, tenant
         assert "charlie" not in body_of(response)
     listing = body_of(client.get("/admin/tenants/membership/"))
     assert "charlie" not in listing and "frank" not in listing
+    add_form = body_of(client.get("/admin/tenants/membership/add/"))
+    assert "alice" in add_form and "charlie" not in add_form and "frank" not in add_form
     response = client.post(f"/admin/tenants/membership/{membership}/change/", {"role": "owner", "is_active": "on"})
     assert response.status_code in (302, 403, 404)
     with tenant_context(world.tenant_b.pk):
