@@ -26,6 +26,7 @@ MAX_ATTEMPTS = 2
 CONTROL_INTERVAL_S = 0.2
 HEARTBEAT_INTERVAL_S = 5.0
 WORKER_DIED = "The model worker stopped while writing this answer. Please try again."
+NEVER_STARTED = "No model worker picked this question up. Please try again."
 
 
 class ChatInputError(ValueError):
@@ -260,6 +261,10 @@ def _sweep_tenant(tenant_id: int) -> int:
     cutoff = timezone.now() - timedelta(seconds=settings.CHAT_STALE_TURN_S)
     with tenant_context(tenant_id):
         stale = list(Message.objects.filter(status=Message.Status.STREAMING, updated_at__lt=cutoff))
+        waiting = list(Message.objects.filter(status=Message.Status.PENDING, updated_at__lt=cutoff))
+    for message in waiting:
+        with tenant_context(tenant_id):
+            _requeue_or_fail(message)
     count = 0
     for message in stale:
         with tenant_context(tenant_id):
@@ -275,3 +280,25 @@ def _sweep_tenant(tenant_id: int) -> int:
                 streams.StreamWriter(message).end(Message.Status.FAILED, WORKER_DIED)
                 count += 1
     return count
+
+
+def _requeue_or_fail(message: Message) -> None:
+    """A turn still queued long after it was asked: the broker lost it, or no worker runs.
+
+    It is queued once more; if that copy is lost too, the turn ends as failed, so the user sees
+    a clear reason instead of a question that waits for ever. The question itself stays stored.
+    """
+    if not message.timings.get("requeued"):
+        timings = {**message.timings, "requeued": True}
+        if Message.objects.filter(pk=message.pk, status=Message.Status.PENDING).update(
+            timings=timings, updated_at=timezone.now()
+        ):
+            _enqueue_generation(message)
+        return
+    if Message.objects.filter(pk=message.pk, status=Message.Status.PENDING).update(
+        status=Message.Status.FAILED, error=NEVER_STARTED, updated_at=timezone.now()
+    ):
+        audit_record(tenant_id=message.tenant_id, actor=SYSTEM, action="message.fail_stale",
+                     target_type="message", target_id=message.pk, payload={"reason": "never started"})
+        writer = streams.StreamWriter(message)
+        transaction.on_commit(lambda: writer.end(Message.Status.FAILED, NEVER_STARTED))

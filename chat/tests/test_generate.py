@@ -107,3 +107,22 @@ def test_it_sweeps_a_turn_whose_worker_vanished(reply, settings) -> None:
     refresh(reply)
     assert reply.status == Message.Status.FAILED and reply.error == services.WORKER_DIED
     assert streams.read_all(reply)[-1].fields["status"] == "failed"
+
+
+def test_it_queues_a_lost_turn_once_more_then_fails_it_with_a_reason(
+    reply, settings, django_capture_on_commit_callbacks
+) -> None:
+    long_ago = timezone.now() - timedelta(seconds=settings.CHAT_STALE_TURN_S + 5)
+    update(reply, updated_at=long_ago)  # queued, and no worker ever started it
+    with django_capture_on_commit_callbacks() as queued:
+        services.turns_sweep_stale()
+    assert len(queued) == 1  # generate_reply sent again
+    refresh(reply)
+    assert reply.status == Message.Status.PENDING and reply.timings["requeued"] is True
+
+    update(reply, updated_at=long_ago)  # the second copy was lost too
+    with django_capture_on_commit_callbacks(execute=True):
+        services.turns_sweep_stale()
+    refresh(reply)
+    assert reply.status == Message.Status.FAILED and reply.error == services.NEVER_STARTED
+    assert streams.read_all(reply)[-1].fields["status"] == "failed"
