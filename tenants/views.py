@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
@@ -70,30 +72,31 @@ def member_add(request: TenantRequest) -> HttpResponse:
     return redirect("tenants:console")
 
 
+def _member_change(request: TenantRequest, membership_id: int,
+                   change: Callable[[Membership], object]) -> HttpResponse:
+    """Applies one console change to a member of this tenant; a refused change shows its reason."""
+    membership = membership_get_in_tenant(request, membership_id)
+    try:
+        change(membership)
+    except MembershipError as exc:
+        return _console(request, error=str(exc), status=400)
+    return redirect("tenants:console")
+
+
 @require_POST
 @login_required
 @role_required(Role.OWNER)
 def member_role(request: TenantRequest, membership_id: int) -> HttpResponse:
-    membership = membership_get_in_tenant(request, membership_id)
-    try:
-        membership_change_role(membership=membership, role=request.POST.get("role", ""),
-                               actor=actor_from_request(request))
-    except MembershipError as exc:
-        return _console(request, error=str(exc), status=400)
-    return redirect("tenants:console")
+    return _member_change(request, membership_id, lambda membership: membership_change_role(
+        membership=membership, role=request.POST.get("role", ""), actor=actor_from_request(request)))
 
 
 @require_POST
 @login_required
 @role_required(Role.OWNER)
 def member_active(request: TenantRequest, membership_id: int) -> HttpResponse:
-    membership = membership_get_in_tenant(request, membership_id)
-    try:
-        membership_set_active(membership=membership, active=request.POST.get("active") == "1",
-                              actor=actor_from_request(request))
-    except MembershipError as exc:
-        return _console(request, error=str(exc), status=400)
-    return redirect("tenants:console")
+    return _member_change(request, membership_id, lambda membership: membership_set_active(
+        membership=membership, active=request.POST.get("active") == "1", actor=actor_from_request(request)))
 
 
 @require_POST
