@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection
 from django.test import AsyncClient
 
 from audit.chain import GENESIS_HASH, verify_chain
