@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from knowledge.models import KnowledgeBase
 from tenants.models import TenantOwned
 
 DEFAULT_TITLE = "New chat"
@@ -13,6 +14,9 @@ class Conversation(TenantOwned):
     title = models.CharField(max_length=200, default=DEFAULT_TITLE)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # The knowledge bases this conversation answers from (the user must be allowed each one).
+    knowledge_bases = models.ManyToManyField(KnowledgeBase, through="ConversationKnowledgeBase", blank=True,
+                                             related_name="+")
 
     class Meta:
         indexes = [models.Index(fields=["tenant", "user", "-updated_at"])]
@@ -62,3 +66,11 @@ class Message(TenantOwned):
     @property
     def is_final(self) -> bool:
         return self.status in self.FINAL_STATUSES
+
+
+class ConversationKnowledgeBase(TenantOwned):
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="+")
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["conversation", "knowledge_base"], name="convkb_unique")]

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from audit.services import SYSTEM, Actor, audit_record
+from audit.services import SYSTEM, Actor, actor_for, audit_record
 from chat import streams
-from chat.models import DEFAULT_TITLE, Conversation, Message
-from chat.prompts import build_chat_messages
-from tenants.models import Tenant
+from chat.models import DEFAULT_TITLE, Conversation, ConversationKnowledgeBase, Message
+from chat.prompts import build_chat_messages, cut_text
+from knowledge.retrieval import Passage
+from knowledge.selectors import knowledge_base_ids_allowed
+from tenants.models import Membership, Tenant
 from tenants.rls import tenant_context
 
 logger = logging.getLogger(__name__)
@@ -27,6 +31,8 @@ CONTROL_INTERVAL_S = 0.2
 HEARTBEAT_INTERVAL_S = 5.0
 WORKER_DIED = "The model worker stopped while writing this answer. Please try again."
 NEVER_STARTED = "No model worker picked this question up. Please try again."
+# How much of a cited passage is stored with the answer (the Sources list shows it on hover).
+SNIPPET_CHARS = 240
 
 
 class ChatInputError(ValueError):
@@ -94,6 +100,31 @@ def conversation_delete(*, conversation: Conversation, actor: Actor) -> None:
             streams.cancel_request(reply)
 
     transaction.on_commit(stop_running_turns)
+
+
+@transaction.atomic
+def conversation_set_knowledge_bases(*, conversation: Conversation, knowledge_base_ids: Sequence[int],
+                                     membership: Membership, actor: Actor) -> list[int]:
+    """Chooses the knowledge bases the conversation answers from; returns the ids kept.
+
+    Only those the member may use now are kept; the others are dropped without an error (a stale
+    page may still offer one whose access was revoked). Each turn checks access again anyway.
+    """
+    if membership.tenant_id != conversation.tenant_id:
+        raise ValueError("The membership is not in the conversation's tenant.")
+    requested = sorted(set(knowledge_base_ids))
+    chosen = sorted(knowledge_base_ids_allowed(membership, requested))
+    ConversationKnowledgeBase.objects.filter(conversation=conversation).delete()
+    ConversationKnowledgeBase.objects.bulk_create(
+        ConversationKnowledgeBase(tenant_id=conversation.tenant_id, conversation=conversation, knowledge_base_id=kb_id)
+        for kb_id in chosen
+    )
+    audit_record(
+        tenant_id=conversation.tenant_id, actor=actor, action="conversation.knowledge_bases",
+        target_type="conversation", target_id=conversation.pk,
+        payload={"knowledge_base_ids": chosen, "refused_ids": [i for i in requested if i not in chosen]},
+    )
+    return chosen
 
 
 def _validate_text(text: str) -> str:
@@ -192,16 +223,19 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
         message.status = Message.Status.STREAMING
         message.attempts += 1
         message.content = ""
-        message.save(update_fields=["status", "attempts", "content", "updated_at"])
+        message.citations = []
+        message.save(update_fields=["status", "attempts", "content", "citations", "updated_at"])
     queued_ms = (timezone.now() - message.created_at).total_seconds() * 1000
 
     if streams.is_cancel_requested(message):
         _finish(message, writer, Message.Status.CANCELLED)
         return
+    passages, retrieval_timings = _turn_passages(message)
+    message.timings = {**message.timings, **retrieval_timings}
     try:
         engine = runtime.get_engine()
         with tenant_context(tenant_id):
-            history = build_chat_messages(assistant_message=message)
+            history = build_chat_messages(assistant_message=message, passages=passages)
         prompt_ids = engine.chat_prompt(history)
         handle = engine.submit(prompt_ids, runtime.sampling_params())
     except Exception as exc:  # noqa: BLE001 - any load/prompt failure ends this turn, not the worker
@@ -246,10 +280,87 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
         "engine_ttft_ms": round((handle.ttft_s or 0.0) * 1000, 1),
         "total_ms": round((finished - started) * 1000, 1),
         "tokens_per_s": round(message.token_count / max(finished - (first_token_at or started), 1e-6), 2),
+        **retrieval_timings,
     }
     if error:
         logger.error("turn %s failed: %s", message.pk, error)
     _finish(message, writer, status, error)
+
+
+def _turn_passages(message: Message) -> tuple[list[Passage], dict[str, Any]]:
+    """The passages for this turn from the conversation's knowledge bases, and the step's timings.
+
+    Never raises: a failed search must not lose the turn, which is then answered without
+    passages and says so in its timings.
+    """
+    started = time.monotonic()
+    try:
+        passages, timings = _passages_retrieve(message)
+    except Exception as exc:  # noqa: BLE001 - the answer goes on without passages
+        logger.exception("retrieval for turn %s failed; answering without passages", message.pk)
+        message.citations = []
+        return [], {"retrieve_ms": round((time.monotonic() - started) * 1000, 1),
+                    "retrieval_error": f"{type(exc).__name__}: {exc}"[:300]}
+    if passages is None:
+        return [], {}
+    return passages, {"retrieve_ms": round((time.monotonic() - started) * 1000, 1), **timings}
+
+
+def _passages_retrieve(message: Message) -> tuple[list[Passage] | None, dict[str, Any]]:
+    """Searches the chosen knowledge bases the conversation's owner may still use, and records it.
+
+    None when there was nothing to search. Access is checked again here, at answer time: a
+    knowledge base chosen earlier whose access was revoked since is silently left out.
+    """
+    from inference import runtime
+    from knowledge.retrieval import retrieve
+    from knowledge.selectors import embedding_model_id
+
+    tenant_id = message.tenant_id
+    with tenant_context(tenant_id):
+        chosen = list(ConversationKnowledgeBase.objects.filter(conversation_id=message.conversation_id)
+                      .order_by("knowledge_base_id").values_list("knowledge_base_id", flat=True))
+        if not chosen:
+            return None, {}
+        conversation = Conversation.objects.select_related("user").get(pk=message.conversation_id)
+        membership = Membership.objects.filter(tenant_id=tenant_id, user_id=conversation.user_id,
+                                               is_active=True).first()
+        allowed = (knowledge_base_ids_allowed(membership, chosen)
+                   if membership is not None and conversation.user.is_active else [])
+        question = Message.objects.filter(pk=message.reply_to_id).values_list("content", flat=True).first() or ""
+    if not allowed or membership is None or not question.strip():
+        return None, {}
+
+    t0 = time.monotonic()
+    embedding = runtime.get_embedder().embed([question])[0]
+    embed_ms = (time.monotonic() - t0) * 1000
+    with tenant_context(tenant_id):
+        passages = retrieve(tenant_id=tenant_id, knowledge_base_ids=sorted(allowed), query=question,
+                            embedding=embedding, model=embedding_model_id())
+        citations = [
+            {"n": n, "chunk_id": p.chunk_id, "document_id": p.document_id, "knowledge_base_id": p.knowledge_base_id,
+             "document_title": p.document_title, "heading": p.heading, "page": p.page,
+             "snippet": cut_text(p.text, SNIPPET_CHARS)}
+            for n, p in enumerate(passages, 1)
+        ]
+        Message.objects.filter(pk=message.pk).update(citations=citations, updated_at=timezone.now())
+        # Data access is recorded in the same transaction as the citations: if the audit write
+        # fails, both roll back and the answer is written without the passages.
+        audit_record(
+            tenant_id=tenant_id,
+            actor=actor_for(user_id=conversation.user_id, role=membership.role,
+                            name=conversation.user.get_username()),
+            action="message.retrieve", target_type="message", target_id=message.pk,
+            payload={
+                "conversation_id": conversation.pk,
+                "chunk_ids": [p.chunk_id for p in passages],
+                "document_ids": list(dict.fromkeys(p.document_id for p in passages)),
+                "knowledge_base_ids": sorted(allowed),
+                "query_chars": len(question),
+            },
+        )
+    message.citations = citations
+    return passages, {"embed_ms": round(embed_ms, 1)}
 
 
 def turns_sweep_stale() -> int:

@@ -11,4 +11,5 @@ urlpatterns = [
     path("c/<int:conversation_id>/", views.conversation_detail, name="conversation_detail"),
     path("c/<int:conversation_id>/rename/", views.conversation_rename, name="conversation_rename"),
     path("c/<int:conversation_id>/delete/", views.conversation_delete, name="conversation_delete"),
+    path("c/<int:conversation_id>/knowledge/", views.conversation_knowledge, name="conversation_knowledge"),
 ]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
@@ -10,7 +12,9 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from audit.services import actor_from_request
 from chat import services
+from chat.models import Conversation, ConversationKnowledgeBase
 from chat.selectors import conversation_get_for_user, conversation_list, message_list
+from knowledge.selectors import knowledge_bases_for_member
 from tenants.decorators import tenant_required
 from tenants.http import TenantRequest
 
@@ -49,8 +53,35 @@ def conversation_detail(request: TenantRequest, conversation_id: int) -> HttpRes
             "chat_messages": message_list(conversation=conversation),
             "conversations": conversation_list(user=request.user, tenant=request.tenant),
             "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+            **_knowledge_context(request, conversation),
         },
     )
+
+
+def _knowledge_context(request: TenantRequest, conversation: Conversation) -> dict[str, Any]:
+    """The chooser's rows: each knowledge base the member may use, checked if the conversation uses it."""
+    chosen = set(ConversationKnowledgeBase.objects.filter(conversation=conversation)
+                 .values_list("knowledge_base_id", flat=True))
+    return {"knowledge_choices": [(kb, kb.pk in chosen) for kb in knowledge_bases_for_member(request.membership)]}
+
+
+def _int_list(values: list[str]) -> list[int]:
+    return [int(v) for v in values if v.strip().isdigit()]
+
+
+@require_POST
+@login_required
+@tenant_required
+def conversation_knowledge(request: TenantRequest, conversation_id: int) -> HttpResponse:
+    conversation = conversation_get_for_user(request.user, request.tenant, conversation_id)
+    services.conversation_set_knowledge_bases(
+        conversation=conversation, knowledge_base_ids=_int_list(request.POST.getlist("knowledge_base")),
+        membership=request.membership, actor=actor_from_request(request),
+    )
+    if request.htmx:
+        context = {"conversation": conversation, "knowledge_saved": True, **_knowledge_context(request, conversation)}
+        return render(request, "chat/conversation.html#knowledge_chooser", context)
+    return redirect("chat:conversation_detail", conversation_id=conversation.pk)
 
 
 @require_POST

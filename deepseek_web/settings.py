@@ -79,6 +79,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",
     "channels",
     "django_htmx",
     "template_partials",
@@ -177,6 +178,8 @@ CELERY_TASK_DEFAULT_QUEUE = "ingest"
 CELERY_TASK_ROUTES = {
     "chat.tasks.*": {"queue": "gpu"},
     "inference.tasks.*": {"queue": "gpu"},
+    # Embedding needs the models, so it runs where they are loaded; parsing and chunking do not.
+    "knowledge.tasks.embed_document": {"queue": "gpu"},
     "knowledge.tasks.*": {"queue": "ingest"},
     "audit.tasks.*": {"queue": "ingest"},
 }
@@ -191,6 +194,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "chat-sweep-stale-turns": {"task": "chat.tasks.sweep_stale_turns", "schedule": 60.0},
     "audit-verify-chains": {"task": "audit.tasks.verify_chains", "schedule": 3600.0},
     "audit-prune": {"task": "audit.tasks.prune_expired", "schedule": 24 * 3600.0},
+    # Each source has its own interval (hourly by default); this only looks for the due ones.
+    "knowledge-sync-due-sources": {"task": "knowledge.tasks.sync_due_sources", "schedule": 300.0},
+    "knowledge-sweep-stale-documents": {"task": "knowledge.tasks.sweep_stale_documents", "schedule": 300.0},
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -272,6 +278,30 @@ MODEL_DEVICE = env_str("MODEL_DEVICE", "cpu")
 MODEL_DTYPE = env_str("MODEL_DTYPE", "")
 MODEL_BATCHING = env_str("MODEL_BATCHING", "auto")
 EMBEDDING_MODEL_PATH = env_str("EMBEDDING_MODEL_PATH", "")
+
+# Knowledge bases. Uploaded files are kept under generated names in KNOWLEDGE_STORAGE_DIR.
+KNOWLEDGE_STORAGE_DIR = Path(env_str("KNOWLEDGE_STORAGE_DIR", str(DATA_DIR / "knowledge")))
+KNOWLEDGE_MAX_FILE_MB = env_int("KNOWLEDGE_MAX_FILE_MB", 50)
+# The parser's child process: address-space, CPU-time and wall-clock limits.
+KNOWLEDGE_PARSE_MEMORY_MB = env_int("KNOWLEDGE_PARSE_MEMORY_MB", 1024)
+KNOWLEDGE_PARSE_CPU_S = env_int("KNOWLEDGE_PARSE_CPU_S", 30)
+KNOWLEDGE_PARSE_TIMEOUT_S = env_int("KNOWLEDGE_PARSE_TIMEOUT_S", 45)
+KNOWLEDGE_EMBED_BATCH = env_int("KNOWLEDGE_EMBED_BATCH", 128)
+# Server folders a knowledge admin may sync from (colon-separated). Empty: folder sources are off,
+# because a folder path typed in the browser must never reach arbitrary files of the server.
+KNOWLEDGE_FOLDER_ROOTS = [Path(p) for p in env_str("KNOWLEDGE_FOLDER_ROOTS", "").split(":") if p]
+# URL sources may fetch intranet addresses only when allowed (server-side request forgery).
+KNOWLEDGE_URL_ALLOW_PRIVATE = env_bool("KNOWLEDGE_URL_ALLOW_PRIVATE", False)
+# A document stuck in one step this long (its worker died) is failed with a reason.
+KNOWLEDGE_STALE_S = env_int("KNOWLEDGE_STALE_S", 900)
+# Retrieval: candidates from each search, passages put in the prompt, HNSW search breadth.
+KNOWLEDGE_CANDIDATES = env_int("KNOWLEDGE_CANDIDATES", 30)
+KNOWLEDGE_TOP_K = env_int("KNOWLEDGE_TOP_K", 5)
+KNOWLEDGE_HNSW_EF_SEARCH = env_int("KNOWLEDGE_HNSW_EF_SEARCH", 100)
+# Passages whose cosine similarity is this far below the best one are left out of the prompt.
+KNOWLEDGE_RELEVANCE_MARGIN = float(env_str("KNOWLEDGE_RELEVANCE_MARGIN", "0.15"))
+# A sentence-transformers CrossEncoder folder; empty: our embedding reranker (knowledge.rerank).
+KNOWLEDGE_RERANKER_PATH = env_str("KNOWLEDGE_RERANKER_PATH", "")
 
 # Chat limits.
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 8000)

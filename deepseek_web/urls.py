@@ -17,5 +17,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("audit/", include("audit.urls")),
     path("settings/", include("tenants.urls")),
+    path("knowledge/", include("knowledge.urls")),
+    path("api/v1/", include("knowledge.api_urls")),
     path("", include("chat.urls")),
 ]

@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 
 if TYPE_CHECKING:
-    from inference.engine import Embedder, Engine, SamplingParams
+    from inference.engine import CrossEncoderScorer, Embedder, Engine, SamplingParams
 
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _engine: Engine | None = None
 _embedder: Embedder | None = None
+_reranker: CrossEncoderScorer | None = None
 
 
 def model_path() -> Path:
@@ -49,6 +50,16 @@ def get_embedder() -> Embedder:
 
             _embedder = Embedder.load(settings.EMBEDDING_MODEL_PATH or None, device=settings.MODEL_DEVICE)
         return _embedder
+
+
+def get_reranker() -> CrossEncoderScorer:
+    global _reranker
+    with _lock:
+        if _reranker is None:
+            from inference.engine import CrossEncoderScorer
+
+            _reranker = CrossEncoderScorer.load(settings.KNOWLEDGE_RERANKER_PATH, device=settings.MODEL_DEVICE)
+        return _reranker
 
 
 def warm_up() -> None:

@@ -1,26 +1,172 @@
-"""Vector search that keeps returning k results under row-level security.
+"""Hybrid retrieval: vector search and full-text search, fused by reciprocal rank, then reranked.
 
-An HNSW scan visits a bounded candidate list (ef_search) and row-level security filters it
-afterwards, so in a shared index another tenant's nearby chunks can leave fewer than k of ours.
-pgvector 0.8's iterative index scans keep scanning until k rows pass the filter. With
-`relaxed_order` the rows can come back slightly out of distance order, so we sort them again.
+Tenant- and access-aware twice over: the caller's tenant context makes row-level security hide
+other tenants' chunks, and every query also names the tenant and the knowledge bases this user
+may read (`knowledge.selectors.knowledge_bases_for_member`), so a missing context or a bug in
+one layer still returns nothing it should not.
+
+Vector search uses the HNSW index of the embedding's dimension (knowledge.vector_index) with
+pgvector's iterative scans: an HNSW scan visits a bounded candidate list (ef_search) and the
+filters apply afterwards, so without them a shared index could leave fewer than k rows of ours.
+`relaxed_order` can return rows slightly out of distance order, so they are sorted again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from django.conf import settings
 from django.db import connection
-from pgvector.django import CosineDistance
 
 from knowledge.models import Chunk
+from knowledge.text import tsquery_parts
+from knowledge.vector_index import distance_sql
+
+# Reciprocal rank fusion's constant, from Cormack et al. (2009); it damps the top ranks' weight.
+RRF_K = 60
 
 
-def vector_search(*, embedding: list[float], k: int = 8, iterative: bool = True) -> list[Chunk]:
-    """The k chunks nearest to `embedding` in the current tenant (the caller holds the context)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('hnsw.iterative_scan', %s, true)", ["relaxed_order" if iterative else "off"])
-    chunks = list(
-        Chunk.objects.exclude(embedding=None)
-        .annotate(distance=CosineDistance("embedding", embedding))
-        .order_by("distance")[:k]
+@dataclass
+class Passage:
+    chunk_id: int
+    document_id: int
+    knowledge_base_id: int
+    document_title: str
+    ordinal: int
+    heading: str
+    text: str
+    page: int | None
+    score: float = 0.0
+    vector_rank: int | None = None
+    text_rank: int | None = None
+    similarity: float | None = None  # cosine similarity to the query, when known
+    embedding: list[float] | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.document_title} — {self.heading}" if self.heading else self.document_title
+
+
+def _configure_scan(cursor: object, ef_search: int) -> None:
+    cursor.execute(  # type: ignore[attr-defined]
+        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.ef_search', %s, true)",
+        [str(ef_search)],
     )
-    return sorted(chunks, key=lambda chunk: chunk.distance)  # type: ignore[attr-defined]
+
+
+def vector_search(*, tenant_id: int, knowledge_base_ids: Sequence[int], embedding: Sequence[float],
+                  model: str, k: int = 10, ef_search: int | None = None) -> list[tuple[int, float]]:
+    """(chunk id, cosine distance) of the k nearest chunks, nearest first. The caller holds the context."""
+    if not knowledge_base_ids:
+        return []
+    dim = len(embedding)
+    with connection.cursor() as cursor:
+        _configure_scan(cursor, ef_search or settings.KNOWLEDGE_HNSW_EF_SEARCH)
+        cursor.execute(
+            f"SELECT id, {distance_sql(dim)} AS distance FROM knowledge_chunk"
+            " WHERE tenant_id = %s AND embedding_dim = %s AND embedding_model = %s"
+            " AND knowledge_base_id = ANY(%s) ORDER BY distance LIMIT %s",
+            [_vector_literal(embedding), tenant_id, dim, model, list(knowledge_base_ids), k],
+        )
+        rows = cursor.fetchall()
+    return sorted(((int(i), float(d)) for i, d in rows), key=lambda row: row[1])
+
+
+def text_search(*, tenant_id: int, knowledge_base_ids: Sequence[int], query: str,
+                k: int = 10) -> list[tuple[int, float]]:
+    """(chunk id, ts_rank_cd) of the k best full-text matches. Only chunks already embedded count,
+    so both searches see the same, finished passages."""
+    latin, cjk = tsquery_parts(query)
+    terms: list[str] = []
+    params: list[object] = []
+    if latin:
+        terms.append("to_tsquery('english', %s)")
+        params.append(latin)
+    if cjk:
+        terms.append("to_tsquery('simple', %s)")
+        params.append(cjk)
+    if not terms or not knowledge_base_ids:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, ts_rank_cd(search_vector, q) AS rank FROM knowledge_chunk, (SELECT {' || '.join(terms)} AS q) AS t"
+            " WHERE tenant_id = %s AND knowledge_base_id = ANY(%s) AND embedding IS NOT NULL AND search_vector @@ q"
+            " ORDER BY rank DESC, id LIMIT %s",
+            [*params, tenant_id, list(knowledge_base_ids), k],
+        )
+        return [(int(i), float(r)) for i, r in cursor.fetchall()]
+
+
+def _vector_literal(vector: Sequence[float]) -> str:
+    return "[" + ",".join(f"{float(x):.7g}" for x in vector) + "]"
+
+
+def rrf(rankings: Sequence[Sequence[int]]) -> dict[int, float]:
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, chunk_id in enumerate(ranking, start=1):
+            scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+    return scores
+
+
+def passages_load(chunk_ids: Sequence[int], *, with_embeddings: bool = False) -> dict[int, Passage]:
+    fields = ["id", "document_id", "knowledge_base_id", "document__title", "ordinal", "heading", "text", "page"]
+    rows = Chunk.objects.filter(pk__in=list(chunk_ids)).values(*fields, *(["embedding"] if with_embeddings else []))
+    return {
+        row["id"]: Passage(
+            chunk_id=row["id"], document_id=row["document_id"], knowledge_base_id=row["knowledge_base_id"],
+            document_title=row["document__title"], ordinal=row["ordinal"], heading=row["heading"],
+            text=row["text"], page=row["page"],
+            embedding=[float(x) for x in row["embedding"]] if with_embeddings and row["embedding"] is not None else None,
+        )
+        for row in rows
+    }
+
+
+def hybrid_search(*, tenant_id: int, knowledge_base_ids: Sequence[int], query: str, embedding: Sequence[float],
+                  model: str, candidates: int = 30, use_text: bool = True) -> list[Passage]:
+    """Candidates from both searches, fused by reciprocal rank, best first (not yet reranked)."""
+    by_vector = vector_search(tenant_id=tenant_id, knowledge_base_ids=knowledge_base_ids, embedding=embedding,
+                              model=model, k=candidates)
+    by_text = text_search(tenant_id=tenant_id, knowledge_base_ids=knowledge_base_ids, query=query,
+                          k=candidates) if use_text else []
+    vector_ids = [i for i, _ in by_vector]
+    text_ids = [i for i, _ in by_text]
+    fused = rrf([vector_ids, text_ids])
+    passages = passages_load(list(fused), with_embeddings=True)
+    distance = dict(by_vector)
+    for rank, chunk_id in enumerate(vector_ids, start=1):
+        passages[chunk_id].vector_rank = rank
+    for rank, chunk_id in enumerate(text_ids, start=1):
+        passages[chunk_id].text_rank = rank
+    for chunk_id, passage in passages.items():
+        passage.score = fused[chunk_id]
+        if chunk_id in distance:
+            passage.similarity = 1.0 - distance[chunk_id]
+    return sorted(passages.values(), key=lambda p: (-p.score, p.chunk_id))
+
+
+def relevance_gate(passages: list[Passage], margin: float) -> list[Passage]:
+    """Drops passages much less similar to the question than the best one.
+
+    A small knowledge base returns its whole content as "top k"; passages far below the best
+    only distract a small model and would be shown as sources the answer never used.
+    """
+    best = max((p.similarity for p in passages if p.similarity is not None), default=None)
+    if best is None:
+        return passages
+    return [p for p in passages if p.similarity is None or p.similarity >= best - margin]
+
+
+def retrieve(*, tenant_id: int, knowledge_base_ids: Sequence[int], query: str, embedding: Sequence[float],
+             model: str, k: int | None = None, reranker: object | None = None) -> list[Passage]:
+    """The passages for one question: hybrid candidates, reranked, gated. The caller holds the
+    tenant context and has already reduced `knowledge_base_ids` to those the user may read."""
+    from knowledge.rerank import default_reranker
+
+    k = k or settings.KNOWLEDGE_TOP_K
+    candidates = hybrid_search(tenant_id=tenant_id, knowledge_base_ids=knowledge_base_ids, query=query,
+                               embedding=embedding, model=model, candidates=settings.KNOWLEDGE_CANDIDATES)
+    chosen = (reranker or default_reranker()).rerank(query, embedding, candidates, k)  # type: ignore[attr-defined]
+    return relevance_gate(chosen, settings.KNOWLEDGE_RELEVANCE_MARGIN)

@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .embeddings import Embedder
+    from .embeddings import CrossEncoderScorer, Embedder, default_embedding_dir, embedding_dimensions
     from .engine import Delta, Engine, EngineError, RequestHandle, SamplingParams
     from .models import ModelNotFoundError, default_model_dir, load_model, resolve_model_path
 
@@ -22,6 +22,9 @@ _EXPORTS = {
     "RequestHandle": "engine",
     "SamplingParams": "engine",
     "Embedder": "embeddings",
+    "CrossEncoderScorer": "embeddings",
+    "default_embedding_dir": "embeddings",
+    "embedding_dimensions": "embeddings",
     "ModelNotFoundError": "models",
     "default_model_dir": "models",
     "load_model": "models",

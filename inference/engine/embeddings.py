@@ -52,3 +52,48 @@ class Embedder:
             show_progress_bar=False,
         )
         return [[float(x) for x in row] for row in vectors]
+
+
+class CrossEncoderScorer:
+    """A sentence-transformers CrossEncoder from a local folder: relevance of (query, passage) pairs."""
+
+    def __init__(self, model: Any, path: Path) -> None:
+        self.model = model
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str, device: str = "cpu") -> CrossEncoderScorer:
+        from sentence_transformers import CrossEncoder
+
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise ModelNotFoundError(folder, "check KNOWLEDGE_RERANKER_PATH; weights are never downloaded")
+        return cls(CrossEncoder(str(folder), device=device), folder)
+
+    def score(self, query: str, passages: list[str]) -> list[float]:
+        if not passages:
+            return []
+        scores = self.model.predict([(query, p) for p in passages], show_progress_bar=False)
+        return [float(s) for s in scores]
+
+
+def embedding_dimensions(folder: Path) -> int | None:
+    """The output dimension of a sentence-transformers folder, read from its config files (no torch).
+
+    A Dense projection module, when present, sets the final dimension; else the transformer's
+    hidden size does. None when the files do not say.
+    """
+    import json
+
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+    except (OSError, ValueError):
+        modules = []
+    dims = None
+    for module in modules:
+        config = folder / module.get("path", "") / "config.json"
+        if "Dense" in module.get("type", "") and config.is_file():
+            dims = json.loads(config.read_text()).get("out_features", dims)
+    if dims is None and (folder / "config.json").is_file():
+        dims = json.loads((folder / "config.json").read_text()).get("hidden_size")
+    return int(dims) if dims else None

@@ -1,0 +1,310 @@
+"""Retrieval speed: tenant-filtered HNSW search (`knowledge.retrieval.vector_search`) against exact search.
+
+Data: --tenants tenants (default 100) x --per-tenant chunks (default 10,000) = 1M chunks of 384-d unit
+vectors in the real `knowledge_chunk` table (hash-partitioned by tenant, row-level security, partial
+HNSW index per dimension). The vectors are a seeded two-level Gaussian mixture: 400 topic centres
+shared by all tenants; each tenant takes 16 of them, spreads 200 sub-topics around those, and its
+chunks around its sub-topics. Real sentence embeddings are clustered like this; uniformly random
+384-d vectors would be an unrealistically hard case (every point nearly equidistant from every other).
+A query is a fresh draw from its tenant's own distribution, queries spread evenly over the tenants.
+
+Per query it runs the exact top-10 (a sequential scan of the tenant's partition: the distance is
+written `embedding <=> q`, which the expression index on `embedding::vector(384)` cannot serve) as
+ground truth and as the baseline, then `vector_search` per --ef-search value. All queries run once
+to warm the caches before anything is timed. It prints recall@10, p50/p95 latency (the
+`vector_search` call, including its set_config), the fraction of queries returning a full k, the
+HNSW/exact p50 ratio, the EXPLAIN of one query of each kind, and the goals: recall >= 0.95,
+p50 <= 10 ms, always k.
+
+The dataset is kept between runs (tenants with slug prefix `bench-speed-<tenants>x<per-tenant>-`);
+--reload deletes and loads it again. Loading drops the HNSW index of `knowledge_chunk` in dsw_bench,
+COPYs per tenant, then rebuilds the index (timed; 1 parallel maintenance worker). 1M rows take
+about 3 GB of disk and 10-30 minutes to load and index on 2 cores.
+
+Run:  .venv/bin/python bench/retrieval_speed.py [--tenants 100] [--per-tenant 10000] [--queries 200]
+          [--ef-search 40 64 100 200] [--reload] [--rebuild-index]
+(after `./dsw run` or `./dsw test` has installed the venv once). It uses its own database, dsw_bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from stack import prepare_stack
+
+DIM, K, SEED, CENTRES, TOPICS, SUBTOPICS, DOCS = 384, 10, 20240611, 400, 16, 200, 5
+SUB_SPREAD, CHUNK_SPREAD = 0.8, 0.6  # norm of the noise added at each level, around unit vectors
+MODEL = "bench"
+COLUMNS = ("tenant_id", "document_id", "knowledge_base_id", "ordinal", "text", "heading", "token_count",
+           "content_hash", "embedding", "embedding_dim", "embedding_model")
+Hits = list[tuple[int, float]]  # (chunk id, cosine distance), nearest first
+Search = Callable[[int, int, list[float]], Hits]  # (tenant id, knowledge base id, query vector) -> hits
+TYPES = ["bigint", "bigint", "bigint", "integer", "text", "text", "integer", "varchar", "vector", "smallint",
+         "varchar"]
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def noisy(rng: np.random.Generator, base: np.ndarray, spread: float) -> np.ndarray:
+    return unit(base + rng.standard_normal(base.shape) * (spread / np.sqrt(DIM)))
+
+
+def topics(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tenant n's 16 topics (shared with other tenants) and its own 200 sub-topics spread around them."""
+    centres = unit(np.random.default_rng(SEED).standard_normal((CENTRES, DIM)))
+    rng = np.random.default_rng([SEED, n, 1])
+    mine = centres[rng.choice(CENTRES, TOPICS, replace=False)]
+    return mine, noisy(rng, mine[rng.integers(TOPICS, size=SUBTOPICS)], SUB_SPREAD)
+
+
+def chunk_vectors(n: int, count: int) -> np.ndarray:
+    rng = np.random.default_rng([SEED, n, 2])
+    return noisy(rng, topics(n)[1][rng.integers(SUBTOPICS, size=count)], CHUNK_SPREAD)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))]
+
+
+def bench_tenants(prefix: str) -> list[tuple[int, int, int, int]]:
+    """(index, tenant id, knowledge base id, chunks) of the bench tenants with this prefix, by index."""
+    from django.db import connection
+
+    from knowledge.models import KnowledgeBase
+    from tenants.models import Tenant
+    from tenants.rls import tenant_context
+
+    found = []
+    for tenant in Tenant.objects.filter(slug__startswith=prefix).order_by("slug"):
+        with tenant_context(tenant.pk), connection.cursor() as cursor:
+            kb = KnowledgeBase.objects.filter(tenant=tenant).values_list("pk", flat=True).first()
+            cursor.execute("SELECT count(*) FROM knowledge_chunk WHERE tenant_id = %s", [tenant.pk])
+            found.append((int(tenant.slug.removeprefix(prefix)), tenant.pk, kb or 0, int(cursor.fetchone()[0])))
+    return found
+
+
+def load_dataset(prefix: str, tenants: int, per_tenant: int) -> None:
+    """Tenants, knowledge bases and documents through the ORM; chunks by COPY, HNSW index dropped."""
+    from django.db import connection
+    from psycopg.types import TypeInfo
+    from pgvector.psycopg.vector import register_vector_info
+
+    from knowledge.models import Document, KnowledgeBase
+    from knowledge.vector_index import index_name
+    from tenants.models import Tenant
+    from tenants.rls import as_owner, tenant_context
+
+    for _, tenant_id, _, _ in bench_tenants(prefix):  # what an earlier or interrupted load left
+        with tenant_context(tenant_id):
+            with connection.cursor() as cursor:
+                cursor.execute("DELETE FROM knowledge_chunk WHERE tenant_id = %s", [tenant_id])
+            Tenant.objects.filter(pk=tenant_id).delete()  # its knowledge base and documents cascade
+    made = []
+    for n in range(tenants):
+        tenant = Tenant.objects.create(slug=f"{prefix}{n:03d}", name=f"Bench speed {n}")
+        with tenant_context(tenant.pk):
+            kb = KnowledgeBase.objects.create(tenant=tenant, name="bench")
+            docs = [Document.objects.create(tenant=tenant, knowledge_base=kb, title=f"Doc {d}", name=f"doc-{d}.txt",
+                                            status=Document.Status.READY, chunk_count=per_tenant // DOCS).pk
+                    for d in range(DOCS)]
+        made.append((n, tenant.pk, kb.pk, docs))
+    with as_owner(), connection.cursor() as cursor:
+        cursor.execute(f"DROP INDEX IF EXISTS {index_name(DIM)}")
+        cursor.execute(f"CREATE TEMP TABLE bench_stage AS SELECT {', '.join(COLUMNS)} FROM knowledge_chunk"
+                       " WITH NO DATA")
+        raw = cursor.cursor
+        register_vector_info(raw, TypeInfo.fetch(raw.connection, "vector"))
+        for n, tenant_id, kb_id, docs in made:
+            vectors = chunk_vectors(n, per_tenant)
+            with raw.connection.transaction():  # FORCE'd row-level security binds the owner too
+                raw.execute("SELECT set_config('app.tenant_id', %s, true)", [str(tenant_id)])
+                with raw.copy(f"COPY bench_stage ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(TYPES)
+                    for i in range(per_tenant):
+                        text = f"Synthetic passage {i} of bench tenant {n}."
+                        copy.write_row((tenant_id, docs[i % DOCS], kb_id, i // DOCS, text, f"Section {i // 50}",
+                                        12, hashlib.sha256(text.encode()).hexdigest(), vectors[i], DIM, MODEL))
+                raw.execute(f"INSERT INTO knowledge_chunk ({', '.join(COLUMNS)}) SELECT * FROM bench_stage")
+                raw.execute("TRUNCATE bench_stage")
+            if n % 10 == 9:
+                print(f"  loaded {n + 1} tenants", flush=True)
+        cursor.execute("DROP TABLE bench_stage")
+
+
+def build_index() -> None:
+    """VACUUM ANALYZE, then the product's HNSW index (knowledge.vector_index), each timed."""
+    from django.db import connection
+
+    from knowledge.vector_index import create_index_sql, index_name
+    from tenants.rls import as_owner
+
+    with as_owner(), connection.cursor() as cursor:
+        start = time.perf_counter()
+        cursor.execute("VACUUM (ANALYZE) knowledge_chunk")
+        print(f"VACUUM ANALYZE knowledge_chunk: {time.perf_counter() - start:.1f} s", flush=True)
+        cursor.execute("SET maintenance_work_mem = '1GB'")  # one partition's graph (~200 MB) fits
+        cursor.execute("SET max_parallel_maintenance_workers = 1")  # leader + 1 worker = both cores
+        cursor.execute(f"DROP INDEX IF EXISTS {index_name(DIM)}")
+        start = time.perf_counter()
+        cursor.execute(create_index_sql(DIM))
+        print(f"build {index_name(DIM)} (16 partitions, m=16, ef_construction=64, 1 worker):"
+              f" {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def exact_search(tenant_id: int, kb_id: int, query: list[float]) -> Hits:
+    from django.db import connection
+
+    from knowledge.retrieval import _vector_literal
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, embedding <=> %s::vector AS distance FROM knowledge_chunk WHERE tenant_id = %s"
+            " AND embedding_dim = %s AND embedding_model = %s AND knowledge_base_id = ANY(%s)"
+            " ORDER BY distance LIMIT %s", [_vector_literal(query), tenant_id, DIM, MODEL, [kb_id], K])
+        return [(int(i), float(d)) for i, d in cursor.fetchall()]
+
+
+def explain(run: Callable[[], object]) -> str:
+    """EXPLAIN (ANALYZE, BUFFERS) of the last SELECT that `run` sends, after it ran (same transaction)."""
+    from django.db import connection
+
+    seen: list[tuple[str, Any]] = []
+
+    def capture(execute: Callable[..., object], sql: str, params: Any, many: bool, context: object) -> object:
+        seen.append((sql, params))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(capture):
+        run()
+    sql, params = [s for s in seen if s[0].lstrip().upper().startswith("SELECT ID")][-1]
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tenants", type=int, default=100, help="bench tenants (default 100)")
+    parser.add_argument("--per-tenant", type=int, default=10_000, help="chunks per tenant (default 10000)")
+    parser.add_argument("--queries", type=int, default=200, help="queries, spread over the tenants (default 200)")
+    parser.add_argument("--ef-search", type=int, nargs="+", default=[40, 64, 100, 200],
+                        help="hnsw.ef_search values to measure (default 40 64 100 200)")
+    parser.add_argument("--reload", action="store_true", help="delete and load the dataset even if it is there")
+    parser.add_argument("--rebuild-index", action="store_true", help="drop and rebuild the HNSW index")
+    args = parser.parse_args()
+    prepare_stack()
+    from django.db import connection
+
+    import knowledge.retrieval as retrieval
+    from knowledge.vector_index import index_name
+    from tenants.rls import tenant_context
+
+    prefix = f"bench-speed-{args.tenants}x{args.per_tenant}-"
+    found = bench_tenants(prefix)
+    complete = len(found) == args.tenants and all(count == args.per_tenant for *_, count in found)
+    if args.reload or not complete:
+        start = time.perf_counter()
+        load_dataset(prefix, args.tenants, args.per_tenant)
+        print(f"load {args.tenants * args.per_tenant:,} chunks (generate + COPY): {time.perf_counter() - start:.1f} s")
+        found = bench_tenants(prefix)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [index_name(DIM)])
+        has_index = cursor.fetchone() is not None
+    if args.reload or not complete or args.rebuild_index or not has_index:
+        build_index()
+    else:
+        print(f"dataset {prefix}* and {index_name(DIM)} kept from an earlier run (--reload/--rebuild-index redo)")
+    with connection.cursor() as cursor:  # the largest partition, and its part of the HNSW index
+        cursor.execute("SELECT current_setting('shared_buffers'), pg_size_pretty(pg_relation_size(i.inhrelid)),"
+                       " pg_size_pretty(pg_table_size(x.indrelid)) FROM pg_inherits i JOIN pg_index x ON"
+                       " x.indexrelid = i.inhrelid WHERE i.inhparent = %s::regclass ORDER BY pg_relation_size("
+                       "i.inhrelid) DESC LIMIT 1", [index_name(DIM)])
+        buffers, index_size, heap_size = cursor.fetchone()
+    print(f"shared_buffers {buffers}; largest partition: table {heap_size}, its HNSW index {index_size}")
+
+    # Each round over the tenants alternates: a specific question (drawn like a chunk of a sub-topic of
+    # the tenant's), then a broad one (near one of its topics, which other tenants share).
+    queries, broad = [], [q // len(found) % 2 == 1 for q in range(args.queries)]
+    for q in range(args.queries):
+        n, tenant_id, kb_id, _ = found[q % len(found)]
+        rng, (mine, subs) = np.random.default_rng([SEED, n, 3, q]), topics(n)
+        base = mine[rng.integers(TOPICS)] if broad[q] else subs[rng.integers(SUBTOPICS)]
+        queries.append((tenant_id, kb_id, noisy(rng, base, SUB_SPREAD if broad[q] else CHUNK_SPREAD).tolist()))
+
+    def hnsw(ef: int) -> Search:
+        def search(tenant_id: int, kb_id: int, query: list[float]) -> Hits:
+            return retrieval.vector_search(tenant_id=tenant_id, knowledge_base_ids=[kb_id], embedding=query,
+                                           model=MODEL, k=K, ef_search=ef)
+        return search
+
+    def timed(search: Search) -> tuple[list[list[int]], list[float]]:
+        ids, latencies = [], []
+        for tenant_id, kb_id, query in queries:
+            with tenant_context(tenant_id):
+                start = time.perf_counter()
+                rows = search(tenant_id, kb_id, query)
+                latencies.append((time.perf_counter() - start) * 1000)
+            ids.append([i for i, _ in rows])
+        return ids, latencies
+
+    timed(exact_search)  # warm-up: every query once, each way
+    timed(hnsw(max(args.ef_search)))
+    truth, exact_ms = timed(exact_search)
+    exact_p50 = percentile(exact_ms, 50)
+    print(f"\n{args.queries} queries over {len(found)} tenants x {args.per_tenant:,} chunks, k={K}")
+    print(f"{'':24} {'recall@10':>9} {'specific':>8} {'broad':>6} {'min':>5} {'full k':>7} {'p50 ms':>7}"
+          f" {'p95 ms':>7} {'p50/exact':>9}")
+    print(f"{'exact scan (baseline)':24} {1:9.3f} {1:8.3f} {1:6.3f} {1:5.2f} {1:7.1%} {exact_p50:7.2f}"
+          f" {percentile(exact_ms, 95):7.2f} {1:8.2f}x")
+
+    def report(label: str, run: Search) -> tuple[float, float, float]:
+        got, ms = timed(run)
+        recalls = [len(set(g) & set(t)) / max(1, len(t)) for g, t in zip(got, truth)]
+        recall, full, p50 = float(np.mean(recalls)), sum(len(g) == K for g in got) / len(got), percentile(ms, 50)
+        kinds = [float(np.mean([r for r, b in zip(recalls, broad) if b == kind] or [1])) for kind in (False, True)]
+        print(f"{label:24} {recall:9.3f} {kinds[0]:8.3f} {kinds[1]:6.3f} {min(recalls):5.2f} {full:7.1%} {p50:7.2f}"
+              f" {percentile(ms, 95):7.2f} {p50 / exact_p50:8.2f}x", flush=True)
+        return recall, full, p50
+
+    results = {ef: report(f"hnsw ef_search={ef}", hnsw(ef)) for ef in args.ef_search}
+    configure = retrieval._configure_scan
+
+    def no_iterative_scan(cursor: object, ef_search: int) -> None:  # the product's query, iterative scans off
+        configure(cursor, ef_search)
+        cursor.execute("SELECT set_config('hnsw.iterative_scan', 'off', true)")  # type: ignore[attr-defined]
+
+    retrieval._configure_scan = no_iterative_scan
+    report(f"  iterative off, ef={min(args.ef_search)}", hnsw(min(args.ef_search)))
+    retrieval._configure_scan = configure
+
+    meets = [ef for ef, (recall, full, p50) in sorted(results.items()) if recall >= 0.95 and full == 1 and p50 <= 10]
+    print(f"goals (recall >= 0.95, p50 <= 10 ms, always k): "
+          + (f"met from ef_search={meets[0]}: recommended default" if meets else "not met by any ef_search tried"))
+
+    tenant_id, kb_id, query = queries[0]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                       " WHERE i.inhparent = %s::regclass", [index_name(DIM)])
+        hnsw_indexes = {row[0] for row in cursor.fetchall()}
+    for label, run in [("hnsw", lambda: hnsw(min(meets or args.ef_search))(tenant_id, kb_id, query)),
+                       ("exact", lambda: exact_search(tenant_id, kb_id, query))]:
+        with tenant_context(tenant_id):
+            plan = explain(run)
+        used = set(re.findall(r"Index Scan using (\S+)", plan)) & hnsw_indexes
+        partitions = set(re.findall(r"on (knowledge_chunk_p\d+)", plan))
+        print(f"\nEXPLAIN {label}: HNSW index used: {sorted(used) or 'none'}; partitions scanned: {sorted(partitions)}")
+        print(re.sub(r"'\[[^]]*\]'", "'[...]'", plan))
+
+
+if __name__ == "__main__":
+    main()
