@@ -50,6 +50,18 @@ def _clean_test_redis() -> Iterator[None]:
     client.flushdb()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _knowledge_storage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Uploaded files go to a temporary folder, for this process and for the daphne it starts."""
+    if not request.config.pluginmanager.hasplugin("django"):
+        return
+    from django.conf import settings
+
+    folder = tmp_path_factory.mktemp("knowledge-storage")
+    settings.KNOWLEDGE_STORAGE_DIR = folder
+    os.environ["KNOWLEDGE_STORAGE_DIR"] = str(folder)
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(
     request: pytest.FixtureRequest, django_test_environment: None, django_db_blocker: object

@@ -327,7 +327,8 @@ def _passages_retrieve(message: Message) -> tuple[list[Passage] | None, dict[str
                                                is_active=True).first()
         allowed = (knowledge_base_ids_allowed(membership, chosen)
                    if membership is not None and conversation.user.is_active else [])
-        question = Message.objects.filter(pk=message.reply_to_id).values_list("content", flat=True).first() or ""
+        question = (Message.objects.filter(pk=message.reply_to_id).values_list("content", flat=True).first() or ""
+                    if message.reply_to_id is not None else "")
     if not allowed or membership is None or not question.strip():
         return None, {}
 

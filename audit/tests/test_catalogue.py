@@ -92,6 +92,105 @@ def _prune(world) -> None:
     audit_prune_expired(chain=world.tenant_a.pk)
 
 
+def _kb(world):
+    from knowledge.services import knowledge_base_create
+
+    with tenant_context(world.tenant_a.pk):
+        return knowledge_base_create(tenant=world.tenant_a, name="Handbook", actor=alice(world))
+
+
+def _document(world, status: str = "queued"):
+    from knowledge.models import Document
+
+    kb = _kb(world)
+    with tenant_context(world.tenant_a.pk):
+        return Document.objects.create(tenant=world.tenant_a, knowledge_base=kb, name="a.md", title="a.md",
+                                       status=status, stored_name="")
+
+
+def _upload(world, name: str, data: bytes):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    kb = _kb(world)
+    return logged_in(world.erin).post(reverse("knowledge:upload", args=[kb.pk]),
+                                      {"files": [SimpleUploadedFile(name, data)]})
+
+
+def _ingest(world):
+    """Uploads a Markdown file and runs the pipeline's steps in this process."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from audit.services import SYSTEM
+    from knowledge import services as knowledge_services
+
+    kb = _kb(world)
+    [outcome] = knowledge_services.documents_upload(
+        knowledge_base=kb, files=[SimpleUploadedFile("a.md", b"# Title\n\nSome text.")], uploaded_by=None,
+        actor=SYSTEM)
+    return outcome.document
+
+
+def _chunk(world) -> None:
+    from knowledge import services as knowledge_services
+
+    document = _ingest(world)
+    knowledge_services.document_ingest(tenant_id=document.tenant_id, document_id=document.pk)
+
+
+def _ready(world) -> None:
+    from knowledge import services as knowledge_services
+
+    document = _ingest(world)
+    knowledge_services.document_ingest(tenant_id=document.tenant_id, document_id=document.pk)
+    knowledge_services.document_embed(tenant_id=document.tenant_id, document_id=document.pk)
+
+
+def _fail(world) -> None:
+    from knowledge import services as knowledge_services
+
+    document = _document(world, status="parsing")
+    with tenant_context(world.tenant_a.pk):
+        type(document).objects.filter(pk=document.pk).update(updated_at=timezone.now() - timedelta(days=1))
+    knowledge_services.documents_sweep_stale()
+
+
+def _retry(world):
+    from knowledge.models import Document
+
+    document = _ingest(world)
+    with tenant_context(world.tenant_a.pk):
+        Document.objects.filter(pk=document.pk).update(status="failed")
+    return logged_in(world.erin).post(reverse("knowledge:document_retry", args=[document.pk]))
+
+
+def _source(world):
+    from knowledge.models import KnowledgeSource
+
+    kb = _kb(world)
+    with tenant_context(world.tenant_a.pk):
+        return KnowledgeSource.objects.create(tenant=world.tenant_a, knowledge_base=kb, kind="folder",
+                                              location="/nonexistent")
+
+
+def _source_create(world):
+    import tempfile
+    from pathlib import Path
+
+    from django.test import override_settings
+
+    kb = _kb(world)
+    with tempfile.TemporaryDirectory() as folder, override_settings(KNOWLEDGE_FOLDER_ROOTS=[Path(folder)]):
+        return logged_in(world.erin).post(reverse("knowledge:source_add", args=[kb.pk]),
+                                          {"kind": "folder", "location": folder, "sync_interval_minutes": 60})
+
+
+def _source_sync(world) -> None:
+    from knowledge.sync import source_sync
+
+    source = _source(world)
+    source_sync(tenant_id=source.tenant_id, source_id=source.pk)
+
+
 SCENARIOS: dict[str, Callable[..., object]] = {
     "auth.login": lambda w: Client().post(reverse("login"), {"username": "alice", "password": w.password}),
     "auth.login_failed": lambda w: Client().post(reverse("login"), {"username": "alice", "password": "wrong"}),
@@ -125,6 +224,22 @@ SCENARIOS: dict[str, Callable[..., object]] = {
     "tenant.settings_update": lambda w: logged_in(w.bob).post(reverse("tenants:settings_update"), {
         "audit_retention_days": 90, "quota_messages_per_user_day": 10, "quota_tokens_per_month": 1000}),
     "tenant.switch": _switch,
+    "knowledge_base.create": lambda w: logged_in(w.erin).post(reverse("knowledge:create"), {
+        "name": "Handbook", "access_roles": ["employee"], "chunk_max_tokens": 256, "chunk_overlap_tokens": 32}),
+    "knowledge_base.update": lambda w: logged_in(w.erin).post(reverse("knowledge:update", args=[_kb(w).pk]), {
+        "name": "Handbook 2", "access_roles": ["employee"], "chunk_max_tokens": 256, "chunk_overlap_tokens": 32}),
+    "knowledge_base.delete": lambda w: logged_in(w.erin).post(reverse("knowledge:delete", args=[_kb(w).pk])),
+    "document.upload": lambda w: _upload(w, "a.md", b"# Hello"),
+    "document.reject": lambda w: _upload(w, "empty.md", b""),
+    "document.chunk": _chunk,
+    "document.ready": _ready,
+    "document.fail": _fail,
+    "document.retry": _retry,
+    "document.delete": lambda w: logged_in(w.erin).post(reverse("knowledge:document_delete", args=[_document(w).pk])),
+    "document.view": lambda w: logged_in(w.erin).get(reverse("knowledge:document_detail", args=[_document(w).pk])),
+    "source.create": _source_create,
+    "source.delete": lambda w: logged_in(w.erin).post(reverse("knowledge:source_delete", args=[_source(w).pk])),
+    "source.sync": _source_sync,
 }
 
 
@@ -167,7 +282,18 @@ STATE_CHANGING |= {
     "tenants:member_active": "membership.deactivate", "tenants:settings_update": "tenant.settings_update",
     "tenants:switch": "tenant.switch",
 }
-READ_ONLY = {"healthz", "chat:home", "chat:conversation_detail", "tenants:console"}
+STATE_CHANGING |= {
+    "knowledge:create": "knowledge_base.create", "knowledge:update": "knowledge_base.update",
+    "knowledge:delete": "knowledge_base.delete", "knowledge:upload": "document.upload",
+    "knowledge:document_delete": "document.delete", "knowledge:document_retry": "document.retry",
+    "knowledge:document_detail": "document.view", "knowledge:source_add": "source.create",
+    "knowledge:source_delete": "source.delete",
+    # Queues a sync; the sync records `source.sync` with what it found when it runs.
+    "knowledge:source_sync": "source.sync",
+    "api:documents": "document.upload", "api:document": "document.delete",
+}
+READ_ONLY = {"healthz", "chat:home", "chat:conversation_detail", "tenants:console", "knowledge:list",
+             "knowledge:detail", "knowledge:documents", "api:knowledge_bases"}
 
 
 def _names(resolver: URLResolver, namespace: str = "") -> set[str]:

@@ -101,7 +101,9 @@ def detect_format(filename: str, head: bytes) -> str:
         if ext in LEGACY_HINTS:
             raise IngestError(LEGACY_HINTS[ext])
         if not ext:
-            raise IngestError(f"The file has no extension, so its type is unknown. Supported: {SUPPORTED_SUMMARY}.")
+            raise IngestError(
+                f"The file has no extension, so its type is unknown. Supported: {SUPPORTED_SUMMARY}."
+            )
         raise IngestError(f"Files of type {ext} are not supported. Supported: {SUPPORTED_SUMMARY}.")
     fmt = FORMATS[ext]
     if not head:
@@ -170,7 +172,9 @@ def _check_ooxml(ext: str, fmt: str, head: bytes) -> None:
                 f"Remove the password or save it as {ext} and upload it again."
             )
         if actual is None:
-            raise IngestError(f"The file is named {ext} but is not {FORMAT_LABELS[fmt]} (it is not a ZIP package).")
+            raise IngestError(
+                f"The file is named {ext} but is not {FORMAT_LABELS[fmt]} (it is not a ZIP package)."
+            )
         raise _mismatch(ext, fmt, actual)
     names = zip_names_in(head)
     has_word = any(n.startswith("word/") for n in names)
@@ -179,9 +183,7 @@ def _check_ooxml(ext: str, fmt: str, head: bytes) -> None:
     if wanted:
         return
     if other or any(n.startswith("ppt/") for n in names):
-        actual = _sniff(head)
-        assert actual is not None
-        raise _mismatch(ext, fmt, actual)
+        raise _mismatch(ext, fmt, _sniff(head) or "a ZIP archive")
     if _ZIP_END in head:
         # We saw the whole central directory and no part of the expected kind: a plain zip.
         raise _mismatch(ext, fmt, "a ZIP archive")
@@ -247,7 +249,9 @@ def safe_display_name(name: str) -> str:
     Raises IngestError when nothing usable is left (e.g. "../../").
     """
     cleaned = "".join(
-        ch for ch in unicodedata.normalize("NFC", name) if unicodedata.category(ch) != "Cc" and ch not in _BIDI_CONTROLS
+        ch
+        for ch in unicodedata.normalize("NFC", name)
+        if unicodedata.category(ch) != "Cc" and ch not in _BIDI_CONTROLS
     )
     # Both separators: a name from a Windows browser may carry "C:\\Users\\..." in front.
     cleaned = re.split(r"[\\/]", cleaned)[-1]

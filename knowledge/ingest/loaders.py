@@ -38,14 +38,15 @@ MAX_OOXML_ENTRIES = 10_000
 MAX_IMAGE_PIXELS = 64_000_000
 
 # Everything a document yields travels back to the worker as one JSON string: cap it. 20 M characters is
-# about 10,000 pages of dense text.
+# about 10,000 pages of dense text; the block cap bounds the per-block overhead of, say, a million rows.
 MAX_TEXT_CHARS = 20_000_000
+MAX_BLOCKS = 500_000
 
 TABLE_BLOCK_ROWS = 50  # header included; each block of a long table repeats the header
 NO_TEXT = "No text could be extracted from this file (is it a scan? image OCR is not supported yet)."
 
 _OOXML_LABEL = {"docx": "Word document", "xlsx": "Excel workbook"}
-_OOXML_MAIN_PART = {"docx": "word/document.xml", "xlsx": "xl/workbook.xml"}
+_OOXML_FOLDER = {"docx": "word/", "xlsx": "xl/"}
 
 
 def parse_file(path: str, fmt: str) -> ParsedDocument:
@@ -95,14 +96,20 @@ class _Collector:
                 f"The document contains more than {MAX_TEXT_CHARS:,} characters of text; "
                 "split it into smaller files."
             )
+        if len(self.blocks) >= MAX_BLOCKS:
+            raise IngestError(
+                f"The document has more than {MAX_BLOCKS:,} paragraphs, rows and headings; "
+                "split it into smaller files."
+            )
         self.blocks.append(Block(kind=kind, text=text, level=level, page=page))
 
     def add_table(self, rows: Iterable[Sequence[str]], *, page: int | None = None) -> None:
         """Adds a table as blocks of at most TABLE_BLOCK_ROWS lines, each starting with the header row."""
         header: str | None = None
         lines: list[str] = []
+        emitted = False
         for row in rows:
-            cells = [_inline(cell).replace("\n", " ") for cell in row]
+            cells = [_inline(cell) for cell in row]
             while cells and not cells[-1]:
                 cells.pop()
             if not cells:
@@ -115,13 +122,10 @@ class _Collector:
             if len(lines) == TABLE_BLOCK_ROWS - 1:
                 self.add("table", "\n".join([header, *lines]), page=page)
                 lines = []
-        if header is not None and (lines or not self._ends_with_table(header, page)):
+                emitted = True
+        # A header-only table is still worth a block; a header after rows that filled the last block is not.
+        if header is not None and (lines or not emitted):
             self.add("table", "\n".join([header, *lines]), page=page)
-
-    def _ends_with_table(self, header: str, page: int | None) -> bool:
-        # A table whose rows filled the last block exactly needs no header-only block after it.
-        last = self.blocks[-1] if self.blocks else None
-        return last is not None and last.kind == "table" and last.page == page and last.text.startswith(header + "\n")
 
 
 # ------------------------------------------------------------------------------------------ text
@@ -137,7 +141,10 @@ def _inline(text: str) -> str:
 
 def _multiline(text: str) -> str:
     """Keeps line structure (code, tables, soft-wrapped text) but trims each line and the ends."""
-    lines = [line.rstrip() for line in _CONTROLS.sub("", text.replace("\r\n", "\n").replace("\r", "\n")).split("\n")]
+    lines = [
+        line.rstrip()
+        for line in _CONTROLS.sub("", text.replace("\r\n", "\n").replace("\r", "\n")).split("\n")
+    ]
     return "\n".join(lines).strip("\n")
 
 
@@ -228,9 +235,13 @@ def _parse_pdf(path: str, out: _Collector) -> str:
     except pdfium.PdfiumError as error:
         code = getattr(error, "err_code", None)
         if code == pdfium_c.FPDF_ERR_PASSWORD:
-            raise IngestError("The PDF is password-protected; remove the password and upload it again.") from None
+            raise IngestError(
+                "The PDF is password-protected; remove the password and upload it again."
+            ) from None
         if code == pdfium_c.FPDF_ERR_SECURITY:
-            raise IngestError("The PDF is encrypted with an unsupported security scheme and cannot be read.") from None
+            raise IngestError(
+                "The PDF is encrypted with an unsupported security scheme and cannot be read."
+            ) from None
         reasons = {
             pdfium_c.FPDF_ERR_FORMAT: "its structure is invalid",
             pdfium_c.FPDF_ERR_FILE: "the file could not be read",
@@ -281,7 +292,19 @@ _DTD_MARKERS = tuple(
     for marker in ("<!DOCTYPE", "<!ENTITY")
     for encoding in ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
 )
-_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".emf", ".wmf")
+_IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".gif",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".emf",
+    ".wmf",
+)
 _pillow_lock = threading.Lock()
 
 
@@ -295,12 +318,15 @@ def check_ooxml_package(path: str, fmt: str) -> None:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as error:
-        raise IngestError(f"The {label} is damaged and cannot be read: it is not a valid ZIP package ({error}).") from None
+        raise IngestError(
+            f"The {label} is damaged and cannot be read: it is not a valid ZIP package ({error})."
+        ) from None
     with archive:
         infos = archive.infolist()
         if len(infos) > MAX_OOXML_ENTRIES:
             raise IngestError(
-                f"The {label} contains {len(infos):,} parts; the limit is {MAX_OOXML_ENTRIES:,} (possible zip bomb)."
+                f"The {label} contains {len(infos):,} parts; the limit is {MAX_OOXML_ENTRIES:,} "
+                "(possible zip bomb)."
             )
         total = sum(info.file_size for info in infos)
         if total > MAX_OOXML_UNPACKED:
@@ -309,7 +335,9 @@ def check_ooxml_package(path: str, fmt: str) -> None:
                 f"{MAX_OOXML_UNPACKED // MIB} MiB (possible zip bomb)."
             )
         for info in infos:
-            if info.file_size > RATIO_CHECK_MIN_SIZE and info.file_size > MAX_OOXML_RATIO * max(info.compress_size, 1):
+            if info.file_size > RATIO_CHECK_MIN_SIZE and info.file_size > MAX_OOXML_RATIO * max(
+                info.compress_size, 1
+            ):
                 ratio = info.file_size / max(info.compress_size, 1)
                 raise IngestError(
                     f"The {label} part {info.filename} is compressed {ratio:,.0f}:1; the limit is "
@@ -327,22 +355,31 @@ def check_ooxml_package(path: str, fmt: str) -> None:
                     _check_image(archive, info, label)
                 else:
                     _check_no_dtd(archive, info, label, xml_typed="xml" in content_type)
-            except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, OSError, ValueError) as error:
+            except (
+                zipfile.BadZipFile,
+                RuntimeError,
+                NotImplementedError,
+                EOFError,
+                OSError,
+                ValueError,
+            ) as error:
                 # Bad CRC (a header lying about the size), encrypted entries, exotic compression.
-                raise IngestError(f"The {label} is damaged and cannot be read: {info.filename}: {error}.") from None
+                raise IngestError(
+                    f"The {label} is damaged and cannot be read: {info.filename}: {error}."
+                ) from None
 
 
 def _check_main_part(fmt: str, names: set[str]) -> None:
-    if _OOXML_MAIN_PART[fmt] in names:
-        return
+    # By folder, not by exact part name: the main part is found through _rels/.rels and a few producers
+    # name it differently (word/document2.xml).
     other = "xlsx" if fmt == "docx" else "docx"
-    if _OOXML_MAIN_PART[other] in names:
+    if any(name.startswith(_OOXML_FOLDER[fmt]) for name in names):
+        return
+    if any(name.startswith(_OOXML_FOLDER[other]) for name in names):
         raise IngestError(
             f"The file is named .{fmt} but its content is {FORMAT_LABELS[other]}, not {FORMAT_LABELS[fmt]}."
         )
-    raise IngestError(
-        f"The file is not {FORMAT_LABELS[fmt]}: the ZIP package has no {_OOXML_MAIN_PART[fmt]} part."
-    )
+    raise IngestError(f"The file is named .{fmt} but its content is a ZIP archive, not {FORMAT_LABELS[fmt]}.")
 
 
 def _read_capped(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> Iterator[bytes]:
@@ -368,7 +405,9 @@ def _content_types(archive: zipfile.ZipFile, label: str) -> tuple[dict[str, str]
     try:
         root = fromstring(data)
     except (DefusedXmlException, SyntaxError, ValueError) as error:
-        raise IngestError(f"The {label} is damaged and cannot be read: [Content_Types].xml: {error}.") from None
+        raise IngestError(
+            f"The {label} is damaged and cannot be read: [Content_Types].xml: {error}."
+        ) from None
     defaults: dict[str, str] = {}
     overrides: dict[str, str] = {}
     for element in root:
@@ -376,7 +415,9 @@ def _content_types(archive: zipfile.ZipFile, label: str) -> tuple[dict[str, str]
         if tag == "Default":
             defaults[element.get("Extension", "").lower()] = element.get("ContentType", "").lower()
         elif tag == "Override":
-            overrides[element.get("PartName", "").lstrip("/").lower()] = element.get("ContentType", "").lower()
+            overrides[element.get("PartName", "").lstrip("/").lower()] = element.get(
+                "ContentType", ""
+            ).lower()
     return defaults, overrides
 
 
@@ -404,8 +445,8 @@ def _check_no_dtd(archive: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, *
         window = tail + piece
         if any(marker in window for marker in _DTD_MARKERS):
             raise IngestError(
-                f"The {label} was rejected: {info.filename} declares a DTD or XML entities, which Office files "
-                "never contain (possible billion-laughs or XXE attack)."
+                f"The {label} was rejected: {info.filename} declares a DTD or XML entities, which Office "
+                "files never contain (possible billion-laughs or XXE attack)."
             )
         tail = window[-overlap:]
 
@@ -619,11 +660,13 @@ def _cell_text(value: object) -> str:
 # ------------------------------------------------------------------------------------------ HTML
 
 
+_LINE_BREAK = "\u2028"
 _HTML_DROP = ("script", "style", "nav", "noscript", "template", "svg", "head", "iframe", "object")
 _HTML_HEADINGS = {f"h{n}": n for n in range(1, 7)}
 _HTML_INLINE = frozenset(
-    "a abbr b bdi bdo big br cite code data del dfn em font i img input ins kbd label mark q rp rt ruby s "
-    "samp small span strike strong sub sup time tt u var wbr".split()
+    ("a", "abbr", "b", "bdi", "bdo", "big", "br", "cite", "code", "data", "del", "dfn", "em", "font", "i")
+    + ("img", "input", "ins", "kbd", "label", "mark", "q", "rp", "rt", "ruby", "s", "samp", "small", "span")
+    + ("strike", "strong", "sub", "sup", "time", "tt", "u", "var", "wbr")
 )
 
 
@@ -637,6 +680,8 @@ def _parse_html(path: str, out: _Collector) -> str:
     )
     try:
         root = lxml.html.document_fromstring(data, parser=parser)
+    except lxml.etree.ParserError:
+        return ""  # "Document is empty": whitespace or comments only, reported as no text
     except (lxml.etree.LxmlError, ValueError) as error:
         if _out_of_memory(error):
             raise MemoryError(str(error)) from None
@@ -645,6 +690,10 @@ def _parse_html(path: str, out: _Collector) -> str:
     title = title_element.text_content() if title_element is not None else ""
     for element in root.xpath("|".join(f"//{tag}" for tag in _HTML_DROP)):
         element.drop_tree()
+    for br in root.iter("br"):
+        # Marks the break so text_content() keeps it: a paragraph keeps it as a line break, a heading or a
+        # table cell folds it into a space (\u2028 is whitespace to `_inline`).
+        br.tail = _LINE_BREAK + (br.tail or "")
     body = root.find("body")
     _HtmlWalker(out).walk(body if body is not None else root, "paragraph")
     return title
@@ -680,7 +729,7 @@ class _HtmlWalker:
         self.buffer: list[str] = []
 
     def flush(self, kind: BlockKind) -> None:
-        text = _inline("".join(self.buffer))
+        text = "\n".join(_inline(line) for line in "".join(self.buffer).split(_LINE_BREAK))
         self.buffer = []
         if text:
             self.out.add(kind, text)
@@ -698,13 +747,13 @@ class _HtmlWalker:
     def visit(self, element: HtmlElement, kind: BlockKind) -> None:
         tag = element.tag.lower()
         if tag in _HTML_INLINE:
-            self.buffer.append(" " if tag == "br" else element.text_content())
+            self.buffer.append(element.text_content())
             return
         self.flush(kind)
         if tag in _HTML_HEADINGS:
             self.out.add("heading", element.text_content(), level=_HTML_HEADINGS[tag])
         elif tag == "pre":
-            self.out.add("code", element.text_content())
+            self.out.add("code", element.text_content().replace(_LINE_BREAK, "\n"))
         elif tag == "table":
             self.out.add_table(_html_table_rows(element))
         elif tag == "li":
@@ -803,4 +852,3 @@ def _html_fragment_text(fragment: str) -> str:
     for dropped in element.xpath("|".join(f".//{tag}" for tag in _HTML_DROP)):
         dropped.drop_tree()
     return str(element.text_content())
-

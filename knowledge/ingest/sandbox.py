@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import os
 import resource
+import selectors
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from knowledge.ingest.types import IngestError, ParsedDocument
@@ -30,6 +32,9 @@ EXIT_MEMORY = 86
 MAX_OPEN_FILES = 64
 # The child needs a little memory to report its own MemoryError after the parser hit the limit.
 _RESERVE_BYTES = 2 * 1024 * 1024
+# The loaders cap a document's text at 20 M characters; its JSON stays well below this.
+MAX_STDOUT_BYTES = 256 * 1024 * 1024
+MAX_STDERR_BYTES = 64 * 1024
 _MEMORY_HINTS = ("memoryerror", "out of memory", "cannot allocate memory", "bad_alloc", "allocation failed")
 
 
@@ -59,37 +64,80 @@ def parse_in_child(
         "OMP_NUM_THREADS": "1",
     }
     cpu_before = _children_cpu()
-    try:
-        result = subprocess.run(
-            command,
-            cwd=IMPORT_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise IngestError(_too_slow(timeout_s)) from None
-    returncode = result.returncode
-    stderr = result.stderr.decode("utf-8", "replace")
+    returncode, stdout, stderr_bytes = _run_bounded(command, env, timeout_s)
+    stderr = stderr_bytes.decode("utf-8", "replace")
     if returncode == 0:
         try:
-            data = json.loads(result.stdout)
+            data = json.loads(stdout)
         except ValueError:
             raise IngestError("The parser crashed: it returned output that is not JSON.") from None
-        if "error" in data:
+        if isinstance(data, dict) and "error" in data:
             raise IngestError(str(data["error"]))
         return ParsedDocument.from_json(data)
     if returncode == EXIT_MEMORY:
         raise IngestError(_too_big(memory_mb))
-    if returncode == -signal.SIGXCPU or (returncode == -signal.SIGKILL and _children_cpu() - cpu_before >= cpu_s):
+    if returncode == -signal.SIGXCPU or (
+        returncode == -signal.SIGKILL and _children_cpu() - cpu_before >= cpu_s
+    ):
         raise IngestError(_too_slow(cpu_s))
     if returncode == -signal.SIGKILL or any(hint in stderr.lower() for hint in _MEMORY_HINTS):
         # SIGKILL without the CPU time used up is the kernel's OOM killer; C libraries that abort on a
         # failed allocation say so on stderr.
         raise IngestError(_too_big(memory_mb))
-    raise IngestError(f"The parser crashed: {_last_line(stderr, returncode)}")
+    # The stored file's path means nothing to the person reading the reason, and is none of their business.
+    crash = _crash_line(stderr, returncode).replace(os.path.abspath(path), "the file")
+    raise IngestError(f"The parser crashed: {crash}")
+
+
+def _run_bounded(command: list[str], env: dict[str, str], timeout_s: int) -> tuple[int, bytes, bytes]:
+    """Like `subprocess.run(..., capture_output=True, timeout=timeout_s)`, with bounded buffers.
+
+    `subprocess.run` keeps whatever the child writes; a child stuck in a loop that logs could fill the
+    worker's memory within its CPU allowance. Here stdout is capped and only the tail of stderr is kept.
+    """
+    deadline = time.monotonic() + timeout_s
+    stdout = bytearray()
+    stderr = bytearray()
+    with subprocess.Popen(
+        command,
+        cwd=IMPORT_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        try:
+            assert process.stdout is not None and process.stderr is not None
+            with selectors.DefaultSelector() as selector:
+                selector.register(process.stdout, selectors.EVENT_READ, stdout)
+                selector.register(process.stderr, selectors.EVENT_READ, stderr)
+                while selector.get_map():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise subprocess.TimeoutExpired(command, timeout_s)
+                    for key, _ in selector.select(remaining):
+                        piece = os.read(key.fd, 64 * 1024)
+                        if not piece:
+                            selector.unregister(key.fileobj)
+                            continue
+                        buffer: bytearray = key.data
+                        buffer += piece
+                        if buffer is stderr:
+                            del buffer[:-MAX_STDERR_BYTES]
+                        elif len(buffer) > MAX_STDOUT_BYTES:
+                            process.kill()
+                            raise IngestError(
+                                "The parser crashed: it produced more output than a document can."
+                            )
+            returncode = process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise IngestError(_too_slow(timeout_s)) from None
+        except BaseException:
+            process.kill()  # never leave a child running behind an error of our own
+            raise
+    return returncode, bytes(stdout), bytes(stderr)
 
 
 def _too_slow(seconds: int) -> str:
@@ -100,16 +148,16 @@ def _too_big(memory_mb: int) -> str:
     return f"Parsing needed more than {memory_mb} MiB of memory and was stopped."
 
 
-def _last_line(stderr: str, returncode: int) -> str:
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    if lines:
-        return lines[-1][:500]
+def _crash_line(stderr: str, returncode: int) -> str:
+    """The signal that killed the child, else the last line of its stderr (the exception, for Python)."""
     if returncode < 0:
+        # Whatever stderr holds (a warning, say) was written before the crash and does not explain it.
         try:
             return f"killed by {signal.Signals(-returncode).name}."
         except ValueError:
             return f"killed by signal {-returncode}."
-    return f"exit status {returncode}."
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else f"exit status {returncode}."
 
 
 def _children_cpu() -> float:
@@ -146,6 +194,9 @@ def main(argv: list[str]) -> int:
     # SIGXCPU's default action kills the process, which is what we want; make sure nothing inherited
     # a handler that would swallow it.
     signal.signal(signal.SIGXCPU, signal.SIG_DFL)
+    # Keep the real stdout for the JSON alone: whatever a C library prints there goes to stderr instead.
+    result = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
     reserve: bytearray | None = bytearray(_RESERVE_BYTES)
     try:
         from knowledge.ingest.loaders import parse_file
@@ -165,11 +216,11 @@ def main(argv: list[str]) -> int:
         raise
     del reserve
     try:
-        text = json.dumps(payload, ensure_ascii=True)
+        data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
     except MemoryError:
         return EXIT_MEMORY
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    with result:
+        result.write(data)
     return 0
 
 

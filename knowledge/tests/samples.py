@@ -109,7 +109,9 @@ def write_encrypted_pdf(directory: Path, name: str = "encrypted.pdf") -> Path:
     )
     path = directory / name
     path.write_bytes(
-        _assemble_pdf(objects, extra_trailer=f"/Encrypt {encrypt_number} 0 R /ID [<{'ab' * 16}> <{'ab' * 16}>] ")
+        _assemble_pdf(
+            objects, extra_trailer=f"/Encrypt {encrypt_number} 0 R /ID [<{'ab' * 16}> <{'ab' * 16}>] "
+        )
     )
     return path
 
@@ -304,7 +306,12 @@ def write_huge_image_docx(directory: Path, name: str = "huge-image.docx", *, sid
 def _tiny_real_png() -> bytes:
     ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
     pixels = zlib.compress(b"\x00\xff\x00\x00")  # one filter byte and one red RGB pixel
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", pixels) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", pixels)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 # -------------------------------------------------------------------------------------------- text
@@ -350,7 +357,9 @@ ssh-keygen -t ed25519
 Say hello.
 """
 
-SAMPLE_TXT = "Opening hours\n\nThe office opens at 8:00.\nIt closes at 18:00.\n\n\nOn Fridays we close at 16:00.\n"
+SAMPLE_TXT = (
+    "Opening hours\n\nThe office opens at 8:00.\nIt closes at 18:00.\n\n\nOn Fridays we close at 16:00.\n"
+)
 
 
 def write_html(directory: Path, name: str = "sample.html", content: str = SAMPLE_HTML) -> Path:

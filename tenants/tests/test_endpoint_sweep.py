@@ -15,10 +15,11 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from audit.services import actor_for, audit_record
 from chat.models import Conversation, Message
+from knowledge.models import Chunk, Document, KnowledgeBase, KnowledgeSource
 from tenants.models import Membership
 from tenants.rls import tenant_context
 
-SECRETS = ("B-SECRET-TITLE", "B-SECRET-CONTENT", "B-SECRET-AUDIT")
+SECRETS = ("B-SECRET-TITLE", "B-SECRET-CONTENT", "B-SECRET-AUDIT", "B-SECRET-KB", "B-SECRET-DOC", "B-SECRET-CHUNK")
 A_ROLES = ["alice", "erin", "dora", "bob"]  # employee, knowledge admin, compliance, owner
 
 
@@ -29,10 +30,18 @@ def tenant_b_objects(world) -> dict[str, int]:
         message = Message.objects.create(tenant=world.tenant_b, conversation=conversation, role="user",
                                          content=SECRETS[1])
         membership = Membership.objects.get(tenant=world.tenant_b, user=world.charlie)
+        kb = KnowledgeBase.objects.create(tenant=world.tenant_b, name=SECRETS[3])
+        document = Document.objects.create(tenant=world.tenant_b, knowledge_base=kb, name=SECRETS[4],
+                                           title=SECRETS[4], status="failed", stored_name="")
+        Chunk.objects.create(tenant=world.tenant_b, document=document, knowledge_base=kb, ordinal=0,
+                             text=SECRETS[5], content_hash="x")
+        source = KnowledgeSource.objects.create(tenant=world.tenant_b, knowledge_base=kb, kind="url",
+                                                location="https://example.com/B-SECRET-KB")
     event = audit_record(tenant_id=world.tenant_b.pk, actor=actor_for(user_id=world.charlie.pk, role="employee"),
                          action="conversation.rename", target_id=conversation.pk, payload={"title": SECRETS[2]})
     return {"conversation": conversation.pk, "message": message.pk, "event": event.pk,
-            "membership": membership.pk, "user": world.charlie.pk, "tenant": world.tenant_b.pk}
+            "membership": membership.pk, "user": world.charlie.pk, "tenant": world.tenant_b.pk,
+            "kb": kb.pk, "document": document.pk, "source": source.pk}
 
 
 Request = tuple[str, str, dict[str, Any]]
@@ -48,6 +57,23 @@ OBJECT_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
     "tenants:member_active": lambda b: [
         ("post", reverse("tenants:member_active", args=[b["membership"]]), {"active": "0"})],
     "tenants:switch": lambda b: [("post", reverse("tenants:switch"), {"tenant_id": b["tenant"]})],
+    "knowledge:detail": lambda b: [("get", reverse("knowledge:detail", args=[b["kb"]]), {})],
+    "knowledge:update": lambda b: [("post", reverse("knowledge:update", args=[b["kb"]]), {
+        "name": "hijacked", "chunk_max_tokens": 256, "chunk_overlap_tokens": 32})],
+    "knowledge:delete": lambda b: [("post", reverse("knowledge:delete", args=[b["kb"]]), {})],
+    "knowledge:upload": lambda b: [("post", reverse("knowledge:upload", args=[b["kb"]]), {})],
+    "knowledge:documents": lambda b: [("get", reverse("knowledge:documents", args=[b["kb"]]), {})],
+    "knowledge:source_add": lambda b: [("post", reverse("knowledge:source_add", args=[b["kb"]]), {
+        "kind": "url", "location": "https://example.com/", "sync_interval_minutes": 60})],
+    "knowledge:source_delete": lambda b: [("post", reverse("knowledge:source_delete", args=[b["source"]]), {})],
+    "knowledge:source_sync": lambda b: [("post", reverse("knowledge:source_sync", args=[b["source"]]), {})],
+    "knowledge:document_detail": lambda b: [("get", reverse("knowledge:document_detail", args=[b["document"]]), {})],
+    "knowledge:document_delete": lambda b: [("post", reverse("knowledge:document_delete", args=[b["document"]]), {})],
+    "knowledge:document_retry": lambda b: [("post", reverse("knowledge:document_retry", args=[b["document"]]), {})],
+    "api:documents": lambda b: [("get", reverse("api:documents", args=[b["kb"]]), {}),
+                                ("post", reverse("api:documents", args=[b["kb"]]), {})],
+    "api:document": lambda b: [("get", reverse("api:document", args=[b["document"]]), {}),
+                               ("delete", reverse("api:document", args=[b["document"]]), {})],
 }
 # Endpoints without an object in the path: B's ids go in the query and the body instead.
 COLLECTION_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
@@ -66,6 +92,11 @@ COLLECTION_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
                                            {"tenant": b["tenant"], "audit_retention_days": "5"})],
     "login": lambda b: [("get", reverse("login"), {"next": f"/c/{b['conversation']}/"})],
     "logout": lambda b: [("post", reverse("logout"), {"next": f"/c/{b['conversation']}/"})],
+    "knowledge:list": lambda b: [("get", reverse("knowledge:list"), {"kb": b["kb"]})],
+    "knowledge:create": lambda b: [("post", reverse("knowledge:create"), {"name": "kb", "tenant": b["tenant"],
+                                                                          "chunk_max_tokens": 256,
+                                                                          "chunk_overlap_tokens": 32})],
+    "api:knowledge_bases": lambda b: [("get", reverse("api:knowledge_bases"), {"tenant": b["tenant"]})],
 }
 
 
@@ -112,6 +143,9 @@ def test_it_refuses_tenant_b_objects_to_every_role_of_tenant_a(world, tenant_b_o
     with tenant_context(world.tenant_b.pk):
         assert Conversation.objects.get(pk=tenant_b_objects["conversation"]).title == SECRETS[0]
         assert Membership.objects.get(pk=tenant_b_objects["membership"]).role == "employee"
+        assert KnowledgeBase.objects.get(pk=tenant_b_objects["kb"]).name == SECRETS[3]
+        assert Document.objects.filter(pk=tenant_b_objects["document"]).exists()
+        assert KnowledgeSource.objects.filter(pk=tenant_b_objects["source"]).exists()
     world.tenant_b.refresh_from_db()
     assert world.tenant_b.audit_retention_days == 180
 
