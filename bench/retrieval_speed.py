@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import time
 from collections.abc import Callable
@@ -261,7 +262,8 @@ def main() -> None:
     timed(hnsw(max(args.ef_search)))
     truth, exact_ms = timed(exact_search)
     exact_p50 = percentile(exact_ms, 50)
-    print(f"\n{args.queries} queries over {len(found)} tenants x {args.per_tenant:,} chunks, k={K}")
+    print(f"\n{args.queries} queries over {len(found)} tenants x {args.per_tenant:,} chunks, k={K};"
+          f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work skews latencies)")
     print(f"{'':24} {'recall@10':>9} {'specific':>8} {'broad':>6} {'min':>5} {'full k':>7} {'p50 ms':>7}"
           f" {'p95 ms':>7} {'p50/exact':>9}")
     print(f"{'exact scan (baseline)':24} {1:9.3f} {1:8.3f} {1:6.3f} {1:5.2f} {1:7.1%} {exact_p50:7.2f}"

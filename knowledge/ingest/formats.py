@@ -27,7 +27,6 @@ FORMATS: dict[str, str] = {
     ".csv": "csv",
     ".xlsx": "xlsx",
 }
-TEXT_FORMATS = frozenset({"html", "md", "txt", "csv"})
 
 FORMAT_LABELS: dict[str, str] = {
     "pdf": "a PDF",

@@ -393,7 +393,7 @@ def write_csv(directory: Path, name: str = "sample.csv", *, rows: int = 120) -> 
     return path
 
 
-def write_big_html(directory: Path, name: str = "big.html", *, paragraphs: int = 1_500_000) -> Path:
+def write_big_html(directory: Path, name: str = "big.html", *, paragraphs: int = 400_000) -> Path:
     """A valid but large HTML page: many short paragraphs, cheap on disk, expensive as a parsed tree."""
     path = directory / name
     with path.open("w", encoding="utf-8") as handle:
