@@ -24,7 +24,8 @@ SOURCES_INSTRUCTIONS = (
 )
 
 
-def build_chat_messages(*, assistant_message: Message, passages: Sequence[Passage] = ()) -> list[dict[str, str]]:
+def build_chat_messages(*, assistant_message: Message,
+                        passages: Sequence[Passage] = ()) -> list[dict[str, str]]:
     history = list(
         Message.objects.filter(
             conversation_id=assistant_message.conversation_id,
@@ -46,7 +47,8 @@ def build_chat_messages(*, assistant_message: Message, passages: Sequence[Passag
 
 
 def question_with_sources(question: str, passages: Sequence[Passage]) -> str:
-    sources = "\n\n".join(f"[{n}] {passage.label}\n{cut_text(passage.text)}" for n, passage in enumerate(passages, 1))
+    sources = "\n\n".join(f"[{n}] {passage.label}\n{cut_text(passage.text)}"
+                          for n, passage in enumerate(passages, 1))
     return f"{SOURCES_INSTRUCTIONS}\n\n{sources}\n\nQuestion: {question}"
 
 

@@ -116,7 +116,8 @@ def conversation_set_knowledge_bases(*, conversation: Conversation, knowledge_ba
     chosen = sorted(knowledge_base_ids_allowed(membership, requested))
     ConversationKnowledgeBase.objects.filter(conversation=conversation).delete()
     ConversationKnowledgeBase.objects.bulk_create(
-        ConversationKnowledgeBase(tenant_id=conversation.tenant_id, conversation=conversation, knowledge_base_id=kb_id)
+        ConversationKnowledgeBase(tenant_id=conversation.tenant_id, conversation=conversation,
+                                  knowledge_base_id=kb_id)
         for kb_id in chosen
     )
     audit_record(
@@ -327,8 +328,10 @@ def _passages_retrieve(message: Message) -> tuple[list[Passage] | None, dict[str
                                                is_active=True).first()
         allowed = (knowledge_base_ids_allowed(membership, chosen)
                    if membership is not None and conversation.user.is_active else [])
-        question = (Message.objects.filter(pk=message.reply_to_id).values_list("content", flat=True).first() or ""
-                    if message.reply_to_id is not None else "")
+        question = ""
+        if message.reply_to_id is not None:
+            asked = Message.objects.filter(pk=message.reply_to_id).values_list("content", flat=True).first()
+            question = asked or ""
     if not allowed or membership is None or not question.strip():
         return None, {}
 
@@ -339,8 +342,9 @@ def _passages_retrieve(message: Message) -> tuple[list[Passage] | None, dict[str
         passages = retrieve(tenant_id=tenant_id, knowledge_base_ids=sorted(allowed), query=question,
                             embedding=embedding, model=embedding_model_id())
         citations = [
-            {"n": n, "chunk_id": p.chunk_id, "document_id": p.document_id, "knowledge_base_id": p.knowledge_base_id,
-             "document_title": p.document_title, "heading": p.heading, "page": p.page,
+            {"n": n, "chunk_id": p.chunk_id, "document_id": p.document_id,
+             "knowledge_base_id": p.knowledge_base_id, "document_title": p.document_title,
+             "heading": p.heading, "page": p.page,
              "snippet": cut_text(p.text, SNIPPET_CHARS)}
             for n, p in enumerate(passages, 1)
         ]

@@ -62,7 +62,8 @@ def _knowledge_context(request: TenantRequest, conversation: Conversation) -> di
     """The chooser's rows: each knowledge base the member may use, checked if the conversation uses it."""
     chosen = set(ConversationKnowledgeBase.objects.filter(conversation=conversation)
                  .values_list("knowledge_base_id", flat=True))
-    return {"knowledge_choices": [(kb, kb.pk in chosen) for kb in knowledge_bases_for_member(request.membership)]}
+    usable = knowledge_bases_for_member(request.membership)
+    return {"knowledge_choices": [(kb, kb.pk in chosen) for kb in usable]}
 
 
 def _int_list(values: list[str]) -> list[int]:
@@ -79,7 +80,8 @@ def conversation_knowledge(request: TenantRequest, conversation_id: int) -> Http
         membership=request.membership, actor=actor_from_request(request),
     )
     if request.htmx:
-        context = {"conversation": conversation, "knowledge_saved": True, **_knowledge_context(request, conversation)}
+        context = {"conversation": conversation, "knowledge_saved": True,
+                   **_knowledge_context(request, conversation)}
         return render(request, "chat/conversation.html#knowledge_chooser", context)
     return redirect("chat:conversation_detail", conversation_id=conversation.pk)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -79,7 +80,7 @@ def text_search(*, tenant_id: int, knowledge_base_ids: Sequence[int], query: str
     so both searches see the same, finished passages."""
     latin, cjk = tsquery_parts(query)
     terms: list[str] = []
-    params: list[object] = []
+    params: list[Any] = []
     if latin:
         terms.append("to_tsquery('english', %s)")
         params.append(latin)

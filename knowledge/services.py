@@ -32,7 +32,7 @@ from tenants.rls import tenant_context
 logger = logging.getLogger(__name__)
 
 # Progress (percent) at the start of each step; embedding fills the rest, batch by batch.
-PROGRESS = {Document.Status.PARSING: 5, Document.Status.CHUNKING: 15, Document.Status.EMBEDDING: 20}
+PROGRESS: dict[str, int] = {Document.Status.PARSING: 5, Document.Status.CHUNKING: 15, Document.Status.EMBEDDING: 20}
 
 
 class KnowledgeInputError(ValueError):
@@ -125,7 +125,12 @@ def knowledge_base_delete(*, knowledge_base: KnowledgeBase, actor: Actor) -> Non
                  payload={"name": knowledge_base.name, "documents": len(stored)})
     Chunk.objects.filter(knowledge_base=knowledge_base).delete()
     knowledge_base.delete()
-    transaction.on_commit(lambda: [storage.delete(name) for name in stored])
+
+    def remove_files() -> None:
+        for name in stored:
+            storage.delete(name)
+
+    transaction.on_commit(remove_files)
 
 
 # --- documents: upload ----------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def _check_url(location: str) -> str:
         except OSError as exc:
             raise SourceError(f"Cannot resolve {parts.hostname}: {exc}.") from None
         for address in addresses:
-            ip = ipaddress.ip_address(address.split("%")[0])
+            ip = ipaddress.ip_address(str(address).split("%")[0])
             if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved:
                 raise SourceError(f"{parts.hostname} is a private address; intranet sources are turned off "
                                   "(KNOWLEDGE_URL_ALLOW_PRIVATE).")

@@ -59,7 +59,8 @@ def asgi_server(django_db_setup: None) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def gpu_worker(asgi_server: str) -> Iterator[Any]:
-    """The `gpu` queue's worker with the bundled SmolLM2, started after daphne has forked."""
+    """The `gpu` queue's worker with the bundled SmolLM2, started after daphne has forked. It also
+    takes the `ingest` queue here, so documents uploaded in a browser test get parsed and chunked."""
     from celery.contrib.testing.worker import start_worker
 
     from chat.streams import sync_client
@@ -70,7 +71,7 @@ def gpu_worker(asgi_server: str) -> Iterator[Any]:
     sync_client().flushdb()
     runtime.warm_up()
     with start_worker(
-        app, pool="threads", concurrency=4, queues=["gpu"], perform_ping_check=False, loglevel="WARNING",
+        app, pool="threads", concurrency=4, queues=["gpu", "ingest"], perform_ping_check=False, loglevel="WARNING",
         shutdown_timeout=30,
     ) as worker:
         yield worker

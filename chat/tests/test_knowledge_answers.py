@@ -41,11 +41,12 @@ def make_kb(tenant, name: str, documents: dict[str, list[tuple[str, str]]],
         kb = knowledge_services.knowledge_base_create(tenant=tenant, name=name, access_roles=access_roles,
                                                       actor=SYSTEM)
         for title, sections in documents.items():
-            document = Document.objects.create(tenant=tenant, knowledge_base=kb, title=title, name=f"{title}.md",
-                                               status=Document.Status.EMBEDDING)
+            document = Document.objects.create(tenant=tenant, knowledge_base=kb, title=title,
+                                               name=f"{title}.md", status=Document.Status.EMBEDDING)
             drafts = [ChunkDraft(ordinal=i, heading=h, text=t) for i, (h, t) in enumerate(sections)]
             counts = knowledge_services.chunks_replace(document=document, drafts=drafts)
-            Document.objects.filter(pk=document.pk).update(chunk_count=len(drafts), chunks_embedded=counts["new"])
+            Document.objects.filter(pk=document.pk).update(chunk_count=len(drafts),
+                                                           chunks_embedded=counts["new"])
             made[title] = document
     for document in made.values():
         knowledge_services.document_embed(tenant_id=tenant.pk, document_id=document.pk)
@@ -176,7 +177,8 @@ def test_it_chooses_knowledge_bases_from_the_conversation_page(world, conversati
 
 def test_it_hides_the_chooser_when_the_member_may_use_no_knowledge_base(world, conversation) -> None:
     make_kb(world.tenant_a, "Board papers", {}, access_roles=["owner"])
-    page = client_for(world.alice).get(reverse("chat:conversation_detail", args=[conversation.pk])).content.decode()
+    url = reverse("chat:conversation_detail", args=[conversation.pk])
+    page = client_for(world.alice).get(url).content.decode()
     assert "knowledge-chooser" not in page
 
 
@@ -330,7 +332,8 @@ def test_it_numbers_the_passages_in_the_last_user_message_only(
     assert [m["role"] for m in built] == ["system", "user", "assistant", "user"]
     assert built[1]["content"] == "Hello" and built[2]["content"] == "Hi!"
     content = built[-1]["content"]
-    assert content.startswith(SOURCES_INSTRUCTIONS + "\n\n[1] Doc 1 — Leave\nSixteen weeks.\n\n[2] Doc 2\nword")
+    assert content.startswith(SOURCES_INSTRUCTIONS
+                              + "\n\n[1] Doc 1 — Leave\nSixteen weeks.\n\n[2] Doc 2\nword")
     assert content.endswith(f"\n\nQuestion: {QUESTION}")
     second = content.split("[2] Doc 2\n", 1)[1].split("\n\nQuestion:")[0]
     assert len(second) <= 1202 and second.endswith("…")  # each passage is cut for the small model
@@ -339,7 +342,8 @@ def test_it_numbers_the_passages_in_the_last_user_message_only(
 def citations_for(document_id: int) -> list[dict[str, object]]:
     return [
         {"n": 1, "chunk_id": 501, "document_id": document_id, "knowledge_base_id": 1,
-         "document_title": "Leave <policy>", "heading": "Parental leave", "page": 3, "snippet": "Sixteen weeks"},
+         "document_title": "Leave <policy>", "heading": "Parental leave", "page": 3,
+         "snippet": "Sixteen weeks"},
         {"n": 2, "chunk_id": 502, "document_id": document_id, "knowledge_base_id": 1,
          "document_title": "Travel", "heading": "", "page": None, "snippet": "Book \"early\" <b>"},
     ]

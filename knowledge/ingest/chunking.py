@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import math
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,22 +285,23 @@ def _line_spans(text: str) -> list[tuple[int, int]]:
 
 
 def _largest_fitting(start: int, end: int, fits: Callable[[int], bool]) -> int:
-    """The largest stop in (start, end] with fits(stop), assuming fits(end) is false.
+    """The largest stop in (start, end] with fits(stop): `end` itself when it fits.
 
-    Galloping then bisecting keeps every probe within about twice the piece finally taken, so cutting
-    a huge unpunctuated text costs O(n log n) rather than O(n^2). Token counts of prefixes are only
-    nearly monotonic (a word cut in half can be more pieces than the whole word); the search still only
-    returns a stop that was checked to fit. Returns start + 1 when nothing fits, so callers always
-    make progress.
+    Galloping from the start, then bisecting, keeps every probe within about twice the piece finally
+    taken, so cutting a huge unpunctuated text costs O(n log n) rather than O(n^2). Token counts of
+    prefixes are only nearly monotonic (half a word can be more pieces than the whole word); the search
+    still only returns a stop that was checked to fit. Returns start + 1 when nothing fits, so callers
+    always make progress.
     """
-    good, bad = start, end
-    step = 64
+    good, step = start, 64
     while True:
         probe = min(end, start + step)
-        if probe >= end or not fits(probe):
+        if not fits(probe):
             bad = probe
             break
         good = probe
+        if probe == end:
+            return end
         step *= 2
     while bad - good > 1:
         mid = (good + bad) // 2
@@ -341,30 +343,54 @@ class _Unit:
     sentence: bool  # a whole sentence of prose: may be carried into the next chunk as overlap
 
 
+@dataclass(frozen=True)
+class _Group:
+    """Units that go into a chunk together (a whole block that fits, or one unit of a block that does
+    not), with the exact token count of their embedding text alone."""
+
+    units: list[_Unit]
+    tokens: int
+
+
 class _SectionChunker:
+    """Greedy packing of one section's blocks into chunks.
+
+    Counting the whole candidate chunk after every added sentence is quadratic in the chunk and the
+    tokenizer is the bottleneck (~0.3 ms per KB), so additions are accepted on an estimate (the chunk's
+    count plus the new group's own) and counted exactly only when the estimate reaches the budget. For
+    BERT-style tokenizers, which split at whitespace and punctuation, the estimate is exact; for any
+    other, a chunk filled on estimates is counted exactly before it is emitted and trailing groups that do
+    not fit are carried into the next chunk, so the budget holds whatever the tokenizer.
+    """
+
     def __init__(
-        self, heading: str, blocks: list[_Prepared], max_tokens: int, overlap_limit: int, counter: TokenCounter
+        self,
+        heading: str,
+        blocks: list[_Prepared],
+        max_tokens: int,
+        overlap_limit: int,
+        counter: TokenCounter,
     ) -> None:
         self.heading = heading
         self.blocks = blocks
         self.max_tokens = max_tokens
         self.overlap_limit = overlap_limit
         self.counter = counter
-        self.body_budget = max_tokens - counter.count(heading + "\n" if heading else "")
+        self.heading_tokens = counter.count(f"{heading}\n") if heading else 0
+        self.prefix_tokens: dict[int, int] = {}
         self.done: list[list[_Unit]] = []
-        self.current: list[_Unit] = []
+        # The chunk being filled: overlap carried from the previous chunk, then groups.
+        self.overlap: list[_Unit] = []
+        self.groups: list[_Group] = []
+        self.tokens = 0  # of the chunk being filled: exact when self.verified, else an estimate
+        self.verified = True
+        self.next_overlap: list[_Unit] = []
 
     def chunks(self) -> list[tuple[str, int | None]]:
         for index in range(len(self.blocks)):
-            units, whole = self._units(index)
-            if whole:
-                # A block that fits is never split: it joins the current chunk or starts the next one.
-                self._add(units)
-            else:
-                for unit in units:
-                    self._add([unit])
-        if self.current:
-            self.done.append(self.current)
+            self._drain(self._groups(index))
+        while self.groups:
+            self._drain(self._emit())
         return [(self._render(units), self.blocks[units[0].block].page) for units in self.done]
 
     # rendering and measuring
@@ -389,33 +415,28 @@ class _SectionChunker:
             i = j + 1
         return "".join(parts)
 
-    def _fits_text(self, body: str) -> bool:
-        text = f"{self.heading}\n{body}" if self.heading else body
-        return self.counter.count(text) <= self.max_tokens
-
-    def _fits(self, units: list[_Unit]) -> bool:
-        return self._fits_text(self._render(units))
+    def _count(self, units: list[_Unit]) -> int:
+        """Exact token count of the embedding text of a chunk made of `units`."""
+        body = self._render(units)
+        return self.counter.count(f"{self.heading}\n{body}" if self.heading else body)
 
     def _fits_span(self, index: int, start: int, stop: int) -> bool:
-        return self._fits([_Unit(index, start, stop, False)])
+        return self._count([_Unit(index, start, stop, False)]) <= self.max_tokens
 
-    # turning a block into units
+    # turning a block into groups
 
-    def _units(self, index: int) -> tuple[list[_Unit], bool]:
-        """The block's units, and whether the whole block fits in one chunk."""
+    def _groups(self, index: int) -> list[_Group]:
+        """The block as one group when it fits whole, else as one group per sentence, row or line."""
         block = self.blocks[index]
         if block.kind == "table":
-            return self._table_units(index)
+            return self._table_groups(index)
         if block.kind == "code":
             spans, sentence = _line_spans(block.text), False
         else:
             spans, sentence = _sentence_spans(block.text), True
-        units = [_Unit(index, start, end, sentence) for start, end in spans]
-        if self._fits(units):
-            return units, True
-        return self._split_oversized(index, units), False
+        return self._whole_or_split(index, [_Unit(index, start, end, sentence) for start, end in spans])
 
-    def _table_units(self, index: int) -> tuple[list[_Unit], bool]:
+    def _table_groups(self, index: int) -> list[_Group]:
         block = self.blocks[index]
         spans = _line_spans(block.text)
         if len(spans) > 1:
@@ -423,65 +444,101 @@ class _SectionChunker:
             # table stands alone. A header that would eat most of the budget is not repeated.
             header = block.text[spans[0][0] : spans[0][1]]
             block.prefix = header
-            units = [_Unit(index, start, end, False) for start, end in spans[1:]]
-            if self._fits(units):
-                return units, True
-            if self.counter.count(header) <= self.body_budget // 3:
-                return self._split_oversized(index, units), False
+            header_tokens = self.counter.count(header)
+            if header_tokens <= (self.max_tokens - self.heading_tokens) // 3:
+                self.prefix_tokens[index] = header_tokens
+                return self._whole_or_split(index, [_Unit(index, s, e, False) for s, e in spans[1:]])
             block.prefix = ""
-        units = [_Unit(index, start, end, False) for start, end in spans]
-        if self._fits(units):
-            return units, True
-        return self._split_oversized(index, units), False
+        return self._whole_or_split(index, [_Unit(index, s, e, False) for s, e in spans])
 
-    def _split_oversized(self, index: int, units: list[_Unit]) -> list[_Unit]:
-        """Units that each fit alone: a sentence, row or line that does not is cut by tokens."""
-        out: list[_Unit] = []
+    def _whole_or_split(self, index: int, units: list[_Unit]) -> list[_Group]:
+        whole = self._count(units)
+        if whole <= self.max_tokens:
+            return [_Group(units, whole)]
+        groups: list[_Group] = []
         for unit in units:
-            if self._fits([unit]):
-                out.append(unit)
+            tokens = self._count([unit])
+            if tokens <= self.max_tokens:
+                groups.append(_Group([unit], tokens))
             else:
-                out.extend(self._cut_by_tokens(index, unit.start, unit.end))
-        return out
+                groups += self._cut_by_tokens(index, unit.start, unit.end)
+        return groups
 
-    def _cut_by_tokens(self, index: int, start: int, end: int) -> list[_Unit]:
+    def _cut_by_tokens(self, index: int, start: int, end: int) -> list[_Group]:
+        """A sentence, row or line too long for any chunk, in pieces that fit."""
         text = self.blocks[index].text
-        pieces: list[_Unit] = []
+        groups: list[_Group] = []
         pos = start
         while pos < end:
-            fits = functools.partial(self._fits_span, index, pos)
-            if fits(end):
-                pieces.append(_Unit(index, pos, end, False))
-                break
-            stop = _nicer_cut(text, pos, _largest_fitting(pos, end, fits))
-            piece_start, piece_end = pos, stop
-            while piece_end > piece_start + 1 and text[piece_end - 1].isspace():
+            stop = _largest_fitting(pos, end, functools.partial(self._fits_span, index, pos))
+            if stop < end:
+                stop = _nicer_cut(text, pos, stop)
+            piece_end = stop
+            while piece_end > pos + 1 and text[piece_end - 1].isspace():
                 piece_end -= 1
-            pieces.append(_Unit(index, piece_start, piece_end, False))
+            unit = _Unit(index, pos, piece_end, False)
+            groups.append(_Group([unit], self._count([unit])))
             pos = stop
             while pos < end and text[pos].isspace():
                 pos += 1
-        return pieces
+        return groups
 
     # packing
 
-    def _add(self, units: list[_Unit]) -> None:
-        """Append units (which fit together on their own) to the current chunk, or start a new chunk."""
-        if not self.current:
-            self.current = list(units)
-            return
-        candidate = self.current + units
-        if self._fits(candidate):
-            self.current = candidate
-            return
-        previous = self.current
-        self.done.append(previous)
-        overlap = self._overlap(previous)
-        # The new units fit alone, so dropping overlap sentences one by one always ends: overlap never
-        # pushes a chunk over the budget and every new chunk carries at least one new unit.
-        while overlap and not self._fits(overlap + units):
-            overlap = overlap[1:]
-        self.current = overlap + units
+    def _units(self) -> list[_Unit]:
+        return self.overlap + [unit for group in self.groups for unit in group.units]
+
+    def _drain(self, pending: list[_Group]) -> None:
+        """Add groups (each of which fits alone) to the chunk being filled, emitting chunks as they fill."""
+        queue = deque(pending)
+        while queue:
+            group = queue.popleft()
+            if not self.groups:
+                self._start(group)
+                continue
+            block = group.units[0].block
+            increment = group.tokens - self.heading_tokens
+            if self.groups[-1].units[-1].block == block:
+                # Continuing its block, the group renders without the block's prefix (a table's header).
+                increment -= self.prefix_tokens.get(block, 0)
+            if self.tokens + increment <= self.max_tokens:
+                self.groups.append(group)
+                self.tokens += increment
+                self.verified = False
+                continue
+            exact = self._count(self._units() + group.units)
+            if exact <= self.max_tokens:
+                self.groups.append(group)
+                self.tokens, self.verified = exact, True
+                continue
+            queue.extendleft(reversed([*self._emit(), group]))
+
+    def _start(self, group: _Group) -> None:
+        """Open a chunk with `group`, after as much of the pending overlap as fits with it. The group fits
+        alone, so dropping overlap sentences one by one always ends: overlap never pushes a chunk over the
+        budget, and every chunk holds at least one group of new text."""
+        overlap, tokens = self.next_overlap, group.tokens
+        while overlap:
+            tokens = self._count(overlap + group.units)
+            if tokens <= self.max_tokens:
+                break
+            overlap, tokens = overlap[1:], group.tokens
+        self.overlap, self.groups, self.tokens, self.verified = overlap, [group], tokens, True
+        self.next_overlap = []
+
+    def _emit(self) -> list[_Group]:
+        """Close the chunk being filled; returns the trailing groups that had to leave it (only when an
+        estimate was wrong) so that the caller adds them again, to the next chunk."""
+        carried: list[_Group] = []
+        if not self.verified:
+            # The one-group state was counted exactly in _start, so this stops at the latest there.
+            while len(self.groups) > 1 and self._count(self._units()) > self.max_tokens:
+                carried.insert(0, self.groups.pop())
+        units = self._units()
+        self.done.append(units)
+        self.next_overlap = self._overlap(units)
+        self.overlap, self.groups, self.tokens, self.verified = [], [], 0, True
+        return carried
 
     def _overlap(self, previous: list[_Unit]) -> list[_Unit]:
         """The trailing whole prose sentences of `previous` worth at most `overlap_limit` tokens. A single
