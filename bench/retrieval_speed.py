@@ -1,25 +1,23 @@
 """Retrieval speed: tenant-filtered HNSW search (`knowledge.retrieval.vector_search`) against exact search.
 
-Data: --tenants tenants (default 100) x --per-tenant chunks (default 10,000) = 1M chunks of 384-d unit
-vectors in the real `knowledge_chunk` table (hash-partitioned by tenant, row-level security, partial
-HNSW index per dimension). The vectors are a seeded two-level Gaussian mixture: 400 topic centres
-shared by all tenants; each tenant takes 16 of them, spreads 200 sub-topics around those, and its
-chunks around its sub-topics. Real sentence embeddings are clustered like this; uniformly random
-384-d vectors would be an unrealistically hard case (every point nearly equidistant from every other).
-A query is a fresh draw from its tenant's own distribution, queries spread evenly over the tenants.
+Data: --tenants (100) x --per-tenant (10,000) = 1M chunks of 384-d unit vectors in the real
+`knowledge_chunk` (hash-partitioned by tenant, row-level security, partial HNSW index per dimension).
+The vectors are a seeded two-level Gaussian mixture: 400 topic centres shared by all tenants; each
+tenant takes 16, spreads 200 sub-topics of its own around them, and its chunks around those. Real
+sentence embeddings are clustered like this; uniformly random 384-d vectors would be an unrealistically
+hard case (every point nearly equidistant from every other). Queries spread evenly over the tenants,
+alternately specific (drawn like one of the tenant's chunks) and broad (near one of its shared topics).
 
-Per query it runs the exact top-10 (a sequential scan of the tenant's partition: the distance is
-written `embedding <=> q`, which the expression index on `embedding::vector(384)` cannot serve) as
-ground truth and as the baseline, then `vector_search` per --ef-search value. All queries run once
-to warm the caches before anything is timed. It prints recall@10, p50/p95 latency (the
-`vector_search` call, including its set_config), the fraction of queries returning a full k, the
-HNSW/exact p50 ratio, the EXPLAIN of one query of each kind, and the goals: recall >= 0.95,
-p50 <= 10 ms, always k.
+Per query: the exact top-10 as ground truth and baseline (`embedding <=> q`, which the index on
+`embedding::vector(384)` cannot serve: a scan of the tenant's rows), then `vector_search` at each
+--ef-search, and once with iterative scans off. Every query runs once each way before anything is
+timed. It prints recall@10, p50/p95 latency of the call (set_config included), the fraction of queries
+returning a full k, how many plans used the HNSW index, HNSW p50 as a ratio of exact p50, and EXPLAIN
+ANALYZE of one query each way. Goals: recall >= 0.95, p50 <= 10 ms, always k.
 
-The dataset is kept between runs (tenants with slug prefix `bench-speed-<tenants>x<per-tenant>-`);
---reload deletes and loads it again. Loading drops the HNSW index of `knowledge_chunk` in dsw_bench,
-COPYs per tenant, then rebuilds the index (timed; 1 parallel maintenance worker). 1M rows take
-about 3 GB of disk and 10-30 minutes to load and index on 2 cores.
+The dataset stays between runs (tenants `bench-speed-<tenants>x<per-tenant>-NNN`); --reload loads it
+again. Loading drops dsw_bench's HNSW index, COPYs tenant by tenant, then rebuilds the index (timed,
+1 parallel maintenance worker): 1M rows take ~4 GB of disk and ~6 minutes on 2 cores.
 
 Run:  .venv/bin/python bench/retrieval_speed.py [--tenants 100] [--per-tenant 10000] [--queries 200]
           [--ef-search 40 64 100 200] [--reload] [--rebuild-index]
@@ -33,7 +31,8 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -175,21 +174,27 @@ def exact_search(tenant_id: int, kb_id: int, query: list[float]) -> Hits:
         return [(int(i), float(d)) for i, d in cursor.fetchall()]
 
 
-def explain(run: Callable[[], object]) -> str:
-    """EXPLAIN (ANALYZE, BUFFERS) of the last SELECT that `run` sends, after it ran (same transaction)."""
+@contextmanager
+def captured() -> Iterator[list[tuple[str, Any]]]:
+    """The search statements (`SELECT id, ...`) sent inside the block, with their parameters."""
     from django.db import connection
 
     seen: list[tuple[str, Any]] = []
 
     def capture(execute: Callable[..., object], sql: str, params: Any, many: bool, context: object) -> object:
-        seen.append((sql, params))
+        if sql.lstrip().upper().startswith("SELECT ID"):
+            seen.append((sql, params))
         return execute(sql, params, many, context)
 
     with connection.execute_wrapper(capture):
-        run()
-    sql, params = [s for s in seen if s[0].lstrip().upper().startswith("SELECT ID")][-1]
+        yield seen
+
+
+def explain(statement: tuple[str, Any], options: str = "") -> str:
+    from django.db import connection
+
     with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+        cursor.execute(f"EXPLAIN {options} {statement[0]}", statement[1])
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
@@ -248,34 +253,44 @@ def main() -> None:
                                            model=MODEL, k=K, ef_search=ef)
         return search
 
-    def timed(search: Search) -> tuple[list[list[int]], list[float]]:
-        ids, latencies = [], []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                       " WHERE i.inhparent = %s::regclass", [index_name(DIM)])
+        hnsw_indexes = {row[0] for row in cursor.fetchall()}
+
+    def uses_index(plan: str) -> bool:
+        return bool(set(re.findall(r"Index Scan using (\S+)", plan)) & hnsw_indexes)
+
+    def timed(search: Search) -> tuple[list[list[int]], list[float], float]:
+        """Ids found, latencies (ms), and the fraction of plans using the HNSW index (EXPLAINed after)."""
+        ids, latencies, indexed = [], [], 0
         for tenant_id, kb_id, query in queries:
-            with tenant_context(tenant_id):
+            with tenant_context(tenant_id), captured() as seen:
                 start = time.perf_counter()
                 rows = search(tenant_id, kb_id, query)
                 latencies.append((time.perf_counter() - start) * 1000)
+                indexed += uses_index(explain(seen[-1]))
             ids.append([i for i, _ in rows])
-        return ids, latencies
+        return ids, latencies, indexed / len(queries)
 
     timed(exact_search)  # warm-up: every query once, each way
     timed(hnsw(max(args.ef_search)))
-    truth, exact_ms = timed(exact_search)
+    truth, exact_ms, exact_indexed = timed(exact_search)
     exact_p50 = percentile(exact_ms, 50)
     print(f"\n{args.queries} queries over {len(found)} tenants x {args.per_tenant:,} chunks, k={K};"
           f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work skews latencies)")
-    print(f"{'':24} {'recall@10':>9} {'specific':>8} {'broad':>6} {'min':>5} {'full k':>7} {'p50 ms':>7}"
-          f" {'p95 ms':>7} {'p50/exact':>9}")
-    print(f"{'exact scan (baseline)':24} {1:9.3f} {1:8.3f} {1:6.3f} {1:5.2f} {1:7.1%} {exact_p50:7.2f}"
-          f" {percentile(exact_ms, 95):7.2f} {1:8.2f}x")
+    print(f"{'':24} {'recall@10':>9} {'specific':>8} {'broad':>6} {'min':>5} {'full k':>7} {'HNSW plan':>9}"
+          f" {'p50 ms':>7} {'p95 ms':>7} {'p50/exact':>9}")
+    print(f"{'exact scan (baseline)':24} {1:9.3f} {1:8.3f} {1:6.3f} {1:5.2f} {1:7.1%} {exact_indexed:9.1%}"
+          f" {exact_p50:7.2f} {percentile(exact_ms, 95):7.2f} {1:8.2f}x")
 
     def report(label: str, run: Search) -> tuple[float, float, float]:
-        got, ms = timed(run)
+        got, ms, indexed = timed(run)
         recalls = [len(set(g) & set(t)) / max(1, len(t)) for g, t in zip(got, truth)]
         recall, full, p50 = float(np.mean(recalls)), sum(len(g) == K for g in got) / len(got), percentile(ms, 50)
         kinds = [float(np.mean([r for r, b in zip(recalls, broad) if b == kind] or [1])) for kind in (False, True)]
-        print(f"{label:24} {recall:9.3f} {kinds[0]:8.3f} {kinds[1]:6.3f} {min(recalls):5.2f} {full:7.1%} {p50:7.2f}"
-              f" {percentile(ms, 95):7.2f} {p50 / exact_p50:8.2f}x", flush=True)
+        print(f"{label:24} {recall:9.3f} {kinds[0]:8.3f} {kinds[1]:6.3f} {min(recalls):5.2f} {full:7.1%}"
+              f" {indexed:9.1%} {p50:7.2f} {percentile(ms, 95):7.2f} {p50 / exact_p50:8.2f}x", flush=True)
         return recall, full, p50
 
     results = {ef: report(f"hnsw ef_search={ef}", hnsw(ef)) for ef in args.ef_search}
@@ -294,17 +309,12 @@ def main() -> None:
           + (f"met from ef_search={meets[0]}: recommended default" if meets else "not met by any ef_search tried"))
 
     tenant_id, kb_id, query = queries[0]
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-                       " WHERE i.inhparent = %s::regclass", [index_name(DIM)])
-        hnsw_indexes = {row[0] for row in cursor.fetchall()}
-    for label, run in [("hnsw", lambda: hnsw(min(meets or args.ef_search))(tenant_id, kb_id, query)),
-                       ("exact", lambda: exact_search(tenant_id, kb_id, query))]:
-        with tenant_context(tenant_id):
-            plan = explain(run)
-        used = set(re.findall(r"Index Scan using (\S+)", plan)) & hnsw_indexes
-        partitions = set(re.findall(r"on (knowledge_chunk_p\d+)", plan))
-        print(f"\nEXPLAIN {label}: HNSW index used: {sorted(used) or 'none'}; partitions scanned: {sorted(partitions)}")
+    for label, run in [("hnsw", hnsw(min(meets or args.ef_search))), ("exact", exact_search)]:
+        with tenant_context(tenant_id), captured() as seen:
+            run(tenant_id, kb_id, query)
+            plan = explain(seen[-1], "(ANALYZE, BUFFERS)")
+        partitions = sorted(set(re.findall(r"on (knowledge_chunk_p\d+)", plan)))
+        print(f"\nEXPLAIN {label}: HNSW index used: {uses_index(plan)}; partitions scanned: {partitions}")
         print(re.sub(r"'\[[^]]*\]'", "'[...]'", plan))
 
 
