@@ -1,23 +1,18 @@
 """Retrieval speed: tenant-filtered HNSW search (`knowledge.retrieval.vector_search`) against exact search.
 
-Data: --tenants (100) x --per-tenant (10,000) = 1M chunks of 384-d unit vectors in the real
-`knowledge_chunk` (hash-partitioned by tenant, row-level security, partial HNSW index per dimension).
-The vectors are a seeded two-level Gaussian mixture: 400 topic centres shared by all tenants; each
-tenant takes 16, spreads 200 sub-topics of its own around them, and its chunks around those. Real
-sentence embeddings are clustered like this; uniformly random 384-d vectors would be an unrealistically
-hard case (every point nearly equidistant from every other). Queries spread evenly over the tenants,
+Data: --tenants x --per-tenant (100 x 10,000 = 1M) chunks of 384-d unit vectors in the real, partitioned
+`knowledge_chunk`: a seeded two-level Gaussian mixture (400 topic centres shared by all tenants; each
+tenant takes 16, spreads 200 sub-topics of its own around them, and its chunks around those), because
+real sentence embeddings are clustered; uniformly random 384-d vectors would be an unrealistically hard
+case (every point nearly equidistant from every other). Queries spread evenly over the tenants,
 alternately specific (drawn like one of the tenant's chunks) and broad (near one of its shared topics).
-
-Per query: the exact top-10 as ground truth and baseline (`embedding <=> q`, which the index on
-`embedding::vector(384)` cannot serve: a scan of the tenant's rows), then `vector_search` at each
---ef-search, and once with iterative scans off. Every query runs once each way before anything is
-timed. It prints recall@10, p50/p95 latency of the call (set_config included), the fraction of queries
-returning a full k, how many plans used the HNSW index, HNSW p50 as a ratio of exact p50, and EXPLAIN
+Per query: the exact top-10 (`embedding <=> q`, which the index on `embedding::vector(384)` cannot
+serve) as ground truth and baseline, then `vector_search` at each --ef-search, and once with iterative
+scans off; every query runs once each way before anything is timed. It prints recall@10, p50/p95 of the
+call, the share of full-k answers and of plans using the HNSW index, HNSW p50 / exact p50, and EXPLAIN
 ANALYZE of one query each way. Goals: recall >= 0.95, p50 <= 10 ms, always k.
-
-The dataset stays between runs (tenants `bench-speed-<tenants>x<per-tenant>-NNN`); --reload loads it
-again. Loading drops dsw_bench's HNSW index, COPYs tenant by tenant, then rebuilds the index (timed,
-1 parallel maintenance worker): 1M rows take ~4 GB of disk and ~6 minutes on 2 cores.
+The dataset stays between runs (tenants `bench-speed-<tenants>x<per-tenant>-NNN`). Loading it drops
+dsw_bench's HNSW index, COPYs per tenant and rebuilds the index (timed): ~4 GB, ~6 minutes on 2 cores.
 
 Run:  .venv/bin/python bench/retrieval_speed.py [--tenants 100] [--per-tenant 10000] [--queries 200]
           [--ef-search 40 64 100 200] [--reload] [--rebuild-index]
@@ -39,41 +34,26 @@ import numpy as np
 
 from stack import prepare_stack
 
-DIM, K, SEED, CENTRES, TOPICS, SUBTOPICS, DOCS = 384, 10, 20240611, 400, 16, 200, 5
+DIM, K, SEED, CENTRES, TOPICS, SUBTOPICS, DOCS, MODEL = 384, 10, 20240611, 400, 16, 200, 5, "bench"
 SUB_SPREAD, CHUNK_SPREAD = 0.8, 0.6  # norm of the noise added at each level, around unit vectors
-MODEL = "bench"
-COLUMNS = ("tenant_id", "document_id", "knowledge_base_id", "ordinal", "text", "heading", "token_count",
-           "content_hash", "embedding", "embedding_dim", "embedding_model")
+COLUMNS = {"tenant_id": "bigint", "document_id": "bigint", "knowledge_base_id": "bigint", "ordinal": "integer",
+           "text": "text", "heading": "text", "token_count": "integer", "content_hash": "varchar",
+           "embedding": "vector", "embedding_dim": "smallint", "embedding_model": "varchar"}
 Hits = list[tuple[int, float]]  # (chunk id, cosine distance), nearest first
 Search = Callable[[int, int, list[float]], Hits]  # (tenant id, knowledge base id, query vector) -> hits
-TYPES = ["bigint", "bigint", "bigint", "integer", "text", "text", "integer", "varchar", "vector", "smallint",
-         "varchar"]
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
 def noisy(rng: np.random.Generator, base: np.ndarray, spread: float) -> np.ndarray:
-    return unit(base + rng.standard_normal(base.shape) * (spread / np.sqrt(DIM)))
+    x = base + rng.standard_normal(base.shape) * (spread / np.sqrt(DIM))
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
 def topics(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Tenant n's 16 topics (shared with other tenants) and its own 200 sub-topics spread around them."""
-    centres = unit(np.random.default_rng(SEED).standard_normal((CENTRES, DIM)))
+    centres = noisy(np.random.default_rng(SEED), np.zeros((CENTRES, DIM)), 1.0)
     rng = np.random.default_rng([SEED, n, 1])
     mine = centres[rng.choice(CENTRES, TOPICS, replace=False)]
     return mine, noisy(rng, mine[rng.integers(TOPICS, size=SUBTOPICS)], SUB_SPREAD)
-
-
-def chunk_vectors(n: int, count: int) -> np.ndarray:
-    rng = np.random.default_rng([SEED, n, 2])
-    return noisy(rng, topics(n)[1][rng.integers(SUBTOPICS, size=count)], CHUNK_SPREAD)
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))]
 
 
 def bench_tenants(prefix: str) -> list[tuple[int, int, int, int]]:
@@ -96,8 +76,8 @@ def bench_tenants(prefix: str) -> list[tuple[int, int, int, int]]:
 def load_dataset(prefix: str, tenants: int, per_tenant: int) -> None:
     """Tenants, knowledge bases and documents through the ORM; chunks by COPY, HNSW index dropped."""
     from django.db import connection
-    from psycopg.types import TypeInfo
     from pgvector.psycopg.vector import register_vector_info
+    from psycopg.types import TypeInfo
 
     from knowledge.models import Document, KnowledgeBase
     from knowledge.vector_index import index_name
@@ -118,23 +98,26 @@ def load_dataset(prefix: str, tenants: int, per_tenant: int) -> None:
                                             status=Document.Status.READY, chunk_count=per_tenant // DOCS).pk
                     for d in range(DOCS)]
         made.append((n, tenant.pk, kb.pk, docs))
+    columns = ", ".join(COLUMNS)
     with as_owner(), connection.cursor() as cursor:
         cursor.execute(f"DROP INDEX IF EXISTS {index_name(DIM)}")
-        cursor.execute(f"CREATE TEMP TABLE bench_stage AS SELECT {', '.join(COLUMNS)} FROM knowledge_chunk"
-                       " WITH NO DATA")
+        cursor.execute(f"CREATE TEMP TABLE bench_stage AS SELECT {columns} FROM knowledge_chunk WITH NO DATA")
         raw = cursor.cursor
         register_vector_info(raw, TypeInfo.fetch(raw.connection, "vector"))
         for n, tenant_id, kb_id, docs in made:
-            vectors = chunk_vectors(n, per_tenant)
-            with raw.connection.transaction():  # FORCE'd row-level security binds the owner too
+            rng = np.random.default_rng([SEED, n, 2])
+            vectors = noisy(rng, topics(n)[1][rng.integers(SUBTOPICS, size=per_tenant)], CHUNK_SPREAD)
+            # COPY FROM refuses tables with row-level security (FORCE'd: the owner too), so COPY into a
+            # temporary table and INSERT from it with the tenant set.
+            with raw.connection.transaction():
                 raw.execute("SELECT set_config('app.tenant_id', %s, true)", [str(tenant_id)])
-                with raw.copy(f"COPY bench_stage ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(TYPES)
+                with raw.copy(f"COPY bench_stage ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(list(COLUMNS.values()))
                     for i in range(per_tenant):
                         text = f"Synthetic passage {i} of bench tenant {n}."
                         copy.write_row((tenant_id, docs[i % DOCS], kb_id, i // DOCS, text, f"Section {i // 50}",
                                         12, hashlib.sha256(text.encode()).hexdigest(), vectors[i], DIM, MODEL))
-                raw.execute(f"INSERT INTO knowledge_chunk ({', '.join(COLUMNS)}) SELECT * FROM bench_stage")
+                raw.execute(f"INSERT INTO knowledge_chunk ({columns}) SELECT * FROM bench_stage")
                 raw.execute("TRUNCATE bench_stage")
             if n % 10 == 9:
                 print(f"  loaded {n + 1} tenants", flush=True)
@@ -152,13 +135,25 @@ def build_index() -> None:
         start = time.perf_counter()
         cursor.execute("VACUUM (ANALYZE) knowledge_chunk")
         print(f"VACUUM ANALYZE knowledge_chunk: {time.perf_counter() - start:.1f} s", flush=True)
-        cursor.execute("SET maintenance_work_mem = '1GB'")  # one partition's graph (~200 MB) fits
+        cursor.execute("SET maintenance_work_mem = '1GB'")  # one partition's graph (~220 MB) fits
         cursor.execute("SET max_parallel_maintenance_workers = 1")  # leader + 1 worker = both cores
         cursor.execute(f"DROP INDEX IF EXISTS {index_name(DIM)}")
         start = time.perf_counter()
         cursor.execute(create_index_sql(DIM))
         print(f"build {index_name(DIM)} (16 partitions, m=16, ef_construction=64, 1 worker):"
               f" {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def hnsw_partitions() -> set[str]:
+    """The partitions' parts of the HNSW index (none while it is missing)."""
+    from django.db import connection
+
+    from knowledge.vector_index import index_name
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                       " WHERE i.inhparent = to_regclass(%s)", [index_name(DIM)])
+        return {row[0] for row in cursor.fetchall()}
 
 
 def exact_search(tenant_id: int, kb_id: int, query: list[float]) -> Hits:
@@ -223,20 +218,16 @@ def main() -> None:
         load_dataset(prefix, args.tenants, args.per_tenant)
         print(f"load {args.tenants * args.per_tenant:,} chunks (generate + COPY): {time.perf_counter() - start:.1f} s")
         found = bench_tenants(prefix)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [index_name(DIM)])
-        has_index = cursor.fetchone() is not None
-    if args.reload or not complete or args.rebuild_index or not has_index:
+    if args.reload or not complete or args.rebuild_index or not hnsw_partitions():
         build_index()
     else:
-        print(f"dataset {prefix}* and {index_name(DIM)} kept from an earlier run (--reload/--rebuild-index redo)")
-    with connection.cursor() as cursor:  # the largest partition, and its part of the HNSW index
-        cursor.execute("SELECT current_setting('shared_buffers'), pg_size_pretty(pg_relation_size(i.inhrelid)),"
-                       " pg_size_pretty(pg_table_size(x.indrelid)) FROM pg_inherits i JOIN pg_index x ON"
-                       " x.indexrelid = i.inhrelid WHERE i.inhparent = %s::regclass ORDER BY pg_relation_size("
-                       "i.inhrelid) DESC LIMIT 1", [index_name(DIM)])
-        buffers, index_size, heap_size = cursor.fetchone()
-    print(f"shared_buffers {buffers}; largest partition: table {heap_size}, its HNSW index {index_size}")
+        print(f"dataset {prefix}* and {index_name(DIM)} kept from an earlier run (--reload, --rebuild-index redo them)")
+    hnsw_indexes = hnsw_partitions()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('shared_buffers'), pg_size_pretty(sum(pg_relation_size(inhrelid))),"
+                       " pg_size_pretty(max(pg_relation_size(inhrelid))) FROM pg_inherits"
+                       " WHERE inhparent = %s::regclass", [index_name(DIM)])
+        print("shared_buffers {}; HNSW index {} in all, {} in the largest partition".format(*cursor.fetchone()))
 
     # Each round over the tenants alternates: a specific question (drawn like a chunk of a sub-topic of
     # the tenant's), then a broad one (near one of its topics, which other tenants share).
@@ -247,16 +238,15 @@ def main() -> None:
         base = mine[rng.integers(TOPICS)] if broad[q] else subs[rng.integers(SUBTOPICS)]
         queries.append((tenant_id, kb_id, noisy(rng, base, SUB_SPREAD if broad[q] else CHUNK_SPREAD).tolist()))
 
-    def hnsw(ef: int) -> Search:
-        def search(tenant_id: int, kb_id: int, query: list[float]) -> Hits:
-            return retrieval.vector_search(tenant_id=tenant_id, knowledge_base_ids=[kb_id], embedding=query,
-                                           model=MODEL, k=K, ef_search=ef)
-        return search
+    def hnsw(ef: int, iterative: str = "relaxed_order") -> Search:
+        def scan_mode(execute: Callable[..., Hits], sql: str, *rest: Any) -> Hits:  # in vector_search's set_config
+            return execute(sql.replace("'relaxed_order'", f"'{iterative}'"), *rest)
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-                       " WHERE i.inhparent = %s::regclass", [index_name(DIM)])
-        hnsw_indexes = {row[0] for row in cursor.fetchall()}
+        def search(tenant_id: int, kb_id: int, query: list[float]) -> Hits:
+            with connection.execute_wrapper(scan_mode):
+                return retrieval.vector_search(tenant_id=tenant_id, knowledge_base_ids=[kb_id], embedding=query,
+                                               model=MODEL, k=K, ef_search=ef)
+        return search
 
     def uses_index(plan: str) -> bool:
         return bool(set(re.findall(r"Index Scan using (\S+)", plan)) & hnsw_indexes)
@@ -276,36 +266,27 @@ def main() -> None:
     timed(exact_search)  # warm-up: every query once, each way
     timed(hnsw(max(args.ef_search)))
     truth, exact_ms, exact_indexed = timed(exact_search)
-    exact_p50 = percentile(exact_ms, 50)
+    exact_p50 = float(np.percentile(exact_ms, 50))
     print(f"\n{args.queries} queries over {len(found)} tenants x {args.per_tenant:,} chunks, k={K};"
           f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work skews latencies)")
     print(f"{'':24} {'recall@10':>9} {'specific':>8} {'broad':>6} {'min':>5} {'full k':>7} {'HNSW plan':>9}"
           f" {'p50 ms':>7} {'p95 ms':>7} {'p50/exact':>9}")
     print(f"{'exact scan (baseline)':24} {1:9.3f} {1:8.3f} {1:6.3f} {1:5.2f} {1:7.1%} {exact_indexed:9.1%}"
-          f" {exact_p50:7.2f} {percentile(exact_ms, 95):7.2f} {1:8.2f}x")
+          f" {exact_p50:7.2f} {np.percentile(exact_ms, 95):7.2f} {1:8.2f}x")
 
     def report(label: str, run: Search) -> tuple[float, float, float]:
         got, ms, indexed = timed(run)
         recalls = [len(set(g) & set(t)) / max(1, len(t)) for g, t in zip(got, truth)]
-        recall, full, p50 = float(np.mean(recalls)), sum(len(g) == K for g in got) / len(got), percentile(ms, 50)
+        recall, full, p50 = float(np.mean(recalls)), sum(len(g) == K for g in got) / len(got), np.percentile(ms, 50)
         kinds = [float(np.mean([r for r, b in zip(recalls, broad) if b == kind] or [1])) for kind in (False, True)]
         print(f"{label:24} {recall:9.3f} {kinds[0]:8.3f} {kinds[1]:6.3f} {min(recalls):5.2f} {full:7.1%}"
-              f" {indexed:9.1%} {p50:7.2f} {percentile(ms, 95):7.2f} {p50 / exact_p50:8.2f}x", flush=True)
-        return recall, full, p50
+              f" {indexed:9.1%} {p50:7.2f} {np.percentile(ms, 95):7.2f} {p50 / exact_p50:8.2f}x", flush=True)
+        return recall, full, float(p50)
 
     results = {ef: report(f"hnsw ef_search={ef}", hnsw(ef)) for ef in args.ef_search}
-    configure = retrieval._configure_scan
-
-    def no_iterative_scan(cursor: object, ef_search: int) -> None:  # the product's query, iterative scans off
-        configure(cursor, ef_search)
-        cursor.execute("SELECT set_config('hnsw.iterative_scan', 'off', true)")  # type: ignore[attr-defined]
-
-    retrieval._configure_scan = no_iterative_scan
-    report(f"  iterative off, ef={min(args.ef_search)}", hnsw(min(args.ef_search)))
-    retrieval._configure_scan = configure
-
+    report(f"  iterative off, ef={min(args.ef_search)}", hnsw(min(args.ef_search), "off"))
     meets = [ef for ef, (recall, full, p50) in sorted(results.items()) if recall >= 0.95 and full == 1 and p50 <= 10]
-    print(f"goals (recall >= 0.95, p50 <= 10 ms, always k): "
+    print("goals (recall >= 0.95, p50 <= 10 ms, always k): "
           + (f"met from ef_search={meets[0]}: recommended default" if meets else "not met by any ef_search tried"))
 
     tenant_id, kb_id, query = queries[0]

@@ -191,6 +191,34 @@ def _source_sync(world) -> None:
     source_sync(tenant_id=source.tenant_id, source_id=source.pk)
 
 
+def _choose_knowledge(world):
+    kb = _kb(world)
+    return logged_in(world.alice).post(reverse("chat:conversation_knowledge", args=[conversation_of(world).pk]),
+                                       {"knowledge_base": [kb.pk]})
+
+
+def _retrieve(world) -> None:
+    """A turn in a conversation that answers from a knowledge base; the engine is not needed."""
+    from django.test import override_settings
+
+    from inference import runtime
+    from knowledge.models import KnowledgeBase
+    from tenants.models import Membership
+
+    _ready(world)  # "Handbook", with one embedded document
+    reply = submit(world)
+    with tenant_context(world.tenant_a.pk):
+        chat_services.conversation_set_knowledge_bases(
+            conversation=Conversation.objects.get(pk=reply.conversation_id),
+            knowledge_base_ids=[KnowledgeBase.objects.get(name="Handbook").pk],
+            membership=Membership.objects.get(tenant=world.tenant_a, user=world.alice), actor=alice(world))
+    runtime.shutdown()
+    # Retrieval runs before the engine is loaded: a missing model fails the turn after it, quickly.
+    with override_settings(MODEL_PATH="/nonexistent/model"):
+        chat_services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+    runtime.shutdown()
+
+
 SCENARIOS: dict[str, Callable[..., object]] = {
     "auth.login": lambda w: Client().post(reverse("login"), {"username": "alice", "password": w.password}),
     "auth.login_failed": lambda w: Client().post(reverse("login"), {"username": "alice", "password": "wrong"}),
@@ -240,6 +268,8 @@ SCENARIOS: dict[str, Callable[..., object]] = {
     "source.create": _source_create,
     "source.delete": lambda w: logged_in(w.erin).post(reverse("knowledge:source_delete", args=[_source(w).pk])),
     "source.sync": _source_sync,
+    "conversation.knowledge_bases": _choose_knowledge,
+    "message.retrieve": _retrieve,
 }
 
 
@@ -291,6 +321,7 @@ STATE_CHANGING |= {
     # Queues a sync; the sync records `source.sync` with what it found when it runs.
     "knowledge:source_sync": "source.sync",
     "api:documents": "document.upload", "api:document": "document.delete",
+    "chat:conversation_knowledge": "conversation.knowledge_bases",
 }
 READ_ONLY = {"healthz", "chat:home", "chat:conversation_detail", "tenants:console", "knowledge:list",
              "knowledge:detail", "knowledge:documents", "api:knowledge_bases"}

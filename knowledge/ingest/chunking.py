@@ -531,7 +531,8 @@ class _SectionChunker:
         estimate was wrong) so that the caller adds them again, to the next chunk."""
         carried: list[_Group] = []
         if not self.verified:
-            # The one-group state was counted exactly in _start, so this stops at the latest there.
+            # Every state counted exactly (in _start, or at an exact check in _drain) fits, so popping
+            # stops at the latest of them at worst, and the chunk keeps at least one group.
             while len(self.groups) > 1 and self._count(self._units()) > self.max_tokens:
                 carried.insert(0, self.groups.pop())
         units = self._units()

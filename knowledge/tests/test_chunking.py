@@ -72,7 +72,12 @@ def hashes_by_heading(chunks: list[ChunkDraft]) -> dict[str, list[str]]:
 
 def test_it_returns_nothing_for_an_empty_document() -> None:
     assert chunk_document(ParsedDocument(blocks=[])) == []
-    blank = [Block("heading", "  ", 1), Block("paragraph", " \n\t "), Block("table", "\n\n"), Block("code", "")]
+    blank = [
+        Block("heading", "  ", 1),
+        Block("paragraph", " \n\t "),
+        Block("table", "\n\n"),
+        Block("code", ""),
+    ]
     assert chunk_document(ParsedDocument(blocks=blank)) == []
 
 
@@ -125,7 +130,7 @@ def test_it_keeps_every_english_chunk_within_the_budget_of_the_real_tokenizer(ma
     blocks = [Block("heading", "Employee handbook", 1)]
     for section in range(4):
         blocks.append(Block("heading", f"Chapter {section} on policies and procedures", 2))
-        blocks += [Block("paragraph", english_paragraph(section * 10 + p), page=section + 1) for p in range(5)]
+        blocks += [Block("paragraph", english_paragraph(section * 10 + p), page=section) for p in range(5)]
     chunks = chunk_document(ParsedDocument(blocks=blocks), max_tokens=max_tokens)
     assert len(chunks) > 4
     assert_within_budget(chunks, max_tokens)
@@ -286,6 +291,23 @@ def test_it_never_exceeds_the_budget_or_loops_with_a_huge_overlap() -> None:
         assert previous.text != following.text
 
 
+class ParagraphBreaksCost(TokenCounter):
+    """A tokenizer whose counts are not additive: the chunker's estimates undercount with it."""
+
+    def count(self, text: str) -> int:
+        return token_counter().count(text) + 5 * text.count("\n\n")
+
+
+def test_it_keeps_the_budget_with_a_tokenizer_whose_counts_do_not_add_up() -> None:
+    doc = ParsedDocument(blocks=[Block("paragraph", f"Paragraph {i} is short.") for i in range(100)])
+    odd = ParagraphBreaksCost()
+    chunks = chunk_document(doc, max_tokens=64, counter=odd)
+    assert len(chunks) > 5
+    assert all(c.token_count == odd.count(c.embedding_text) <= 64 for c in chunks)
+    text = "\n\n".join(c.text for c in chunks)
+    assert all(f"Paragraph {i} is short." in text for i in range(100))
+
+
 def test_it_is_deterministic_and_an_edit_leaves_other_sections_chunks_unchanged() -> None:
     def document(edited: bool) -> ParsedDocument:
         blocks: list[Block] = [Block("heading", "Handbook", 1)]
@@ -326,7 +348,11 @@ def test_it_normalises_whitespace_in_prose_but_keeps_newlines_in_tables_and_code
 def test_it_shortens_a_heading_path_that_would_leave_no_room_for_text() -> None:
     long_title = " ".join(WORDS * 10)
     doc = ParsedDocument(
-        blocks=[Block("heading", "Handbook", 1), Block("heading", long_title, 2), Block("paragraph", "Short.")]
+        blocks=[
+            Block("heading", "Handbook", 1),
+            Block("heading", long_title, 2),
+            Block("paragraph", "Short."),
+        ]
     )
     [chunk] = chunk_document(doc, max_tokens=64)
     assert chunk.text == "Short."

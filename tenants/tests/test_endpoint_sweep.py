@@ -57,6 +57,8 @@ OBJECT_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
     "tenants:member_active": lambda b: [
         ("post", reverse("tenants:member_active", args=[b["membership"]]), {"active": "0"})],
     "tenants:switch": lambda b: [("post", reverse("tenants:switch"), {"tenant_id": b["tenant"]})],
+    "chat:conversation_knowledge": lambda b: [
+        ("post", reverse("chat:conversation_knowledge", args=[b["conversation"]]), {"knowledge_base": [b["kb"]]})],
     "knowledge:detail": lambda b: [("get", reverse("knowledge:detail", args=[b["kb"]]), {})],
     "knowledge:update": lambda b: [("post", reverse("knowledge:update", args=[b["kb"]]), {
         "name": "hijacked", "chunk_max_tokens": 256, "chunk_overlap_tokens": 32})],
