@@ -232,8 +232,8 @@ def main() -> None:
     hnsw_indexes = hnsw_partitions()
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('shared_buffers'), pg_size_pretty(sum(size)),"
-                       " pg_size_pretty(max(size)) FROM (SELECT pg_relation_size(inhrelid) AS size FROM pg_inherits"
-                       " WHERE inhparent = %s::regclass) AS parts", [index_name(DIM)])
+                       " pg_size_pretty(max(size)) FROM (SELECT pg_relation_size(inhrelid) AS size"
+                       " FROM pg_inherits WHERE inhparent = %s::regclass) AS parts", [index_name(DIM)])
         print("shared_buffers {}; HNSW index {}, {} in the largest partition".format(*cursor.fetchone()))
 
     # Each round over the tenants alternates: a specific question (drawn like a chunk of a sub-topic of

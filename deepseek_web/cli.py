@@ -124,9 +124,12 @@ def run(args: argparse.Namespace) -> int:
         setup_django()
         prepare_database()
         from chat.streams import sync_client
+        from knowledge.services import demo_knowledge_seed
+        from tenants.models import Tenant
         from tenants.services import demo_tenant_seed
 
         logins = demo_tenant_seed()
+        demo_knowledge_seed(tenant=Tenant.objects.get(slug="demo"))
         prepare_model()
         sync_client().delete(GPU_READY_KEY)
 

@@ -133,6 +133,22 @@ def knowledge_base_delete(*, knowledge_base: KnowledgeBase, actor: Actor) -> Non
     transaction.on_commit(remove_files)
 
 
+def demo_knowledge_seed(*, tenant: Tenant, uploaded_by: User | None = None) -> KnowledgeBase | None:
+    """The demo tenant's "Demo handbook", so a first chat can cite something. Idempotent."""
+    from pathlib import Path
+
+    with tenant_context(tenant.pk):
+        if KnowledgeBase.objects.filter(tenant=tenant, name="Demo handbook").exists():
+            return None
+        knowledge_base = knowledge_base_create(
+            tenant=tenant, name="Demo handbook", description="Working hours, leave, travel and IT rules.",
+            created_by=uploaded_by, actor=SYSTEM)
+    handbook = Path(__file__).resolve().parent / "demo" / "handbook.md"
+    document_put(knowledge_base=knowledge_base, name="handbook.md", pieces=[handbook.read_bytes()],
+                 uploaded_by=uploaded_by, actor=SYSTEM)
+    return knowledge_base
+
+
 # --- documents: upload ----------------------------------------------------------------------------
 
 @dataclass
@@ -335,7 +351,9 @@ def document_ingest(*, tenant_id: int, document_id: int) -> None:
         return
     t1 = time.monotonic()
     kb = document.knowledge_base
-    drafts = chunk_document(parsed, max_tokens=kb.chunk_max_tokens, overlap_tokens=kb.chunk_overlap_tokens,
+    # The knowledge base's budget is what the embedding model sees, whose limit (MiniLM: 256)
+    # includes its two special tokens; the chunker counts text tokens only.
+    drafts = chunk_document(parsed, max_tokens=kb.chunk_max_tokens - 2, overlap_tokens=kb.chunk_overlap_tokens,
                             counter=token_counter(settings.EMBEDDING_MODEL_PATH or None))
     if not drafts:
         _fail(document, "No text could be extracted from this file.", "chunk")

@@ -192,3 +192,13 @@ def test_it_reads_uploads_from_plain_file_objects(world) -> None:
     handle.name = "handbook.md"
     [outcome] = services.documents_upload(knowledge_base=kb, files=[handle], uploaded_by=None, actor=SYSTEM)
     assert outcome.outcome == "queued"
+
+
+def test_it_seeds_the_demo_handbook_once_and_it_ingests(world) -> None:
+    kb = services.demo_knowledge_seed(tenant=world.tenant_a)
+    assert kb is not None and services.demo_knowledge_seed(tenant=world.tenant_a) is None
+    with tenant_context(world.tenant_a.pk):
+        [document] = Document.objects.filter(knowledge_base=kb)
+    document = run_pipeline(document)
+    assert document.status == "ready" and document.chunk_count >= 6
+    assert any("员工" in c.text for c in chunks_of(document))
