@@ -26,7 +26,7 @@ relevance gate: how often each margin drops the gold passage from the reranked t
 many passages it keeps.
 
 The dataset is kept between runs (tenant `bench-quality` in dsw_bench, one knowledge base per chunk
-setting); a changed document is ingested again as a new version, a removed one is deleted.
+setting and embedding model); a changed document is ingested again as a new version, a removed one is deleted.
 
 Run:  .venv/bin/python bench/retrieval_quality.py [--chunk-tokens 256] [--overlap 32] [--seed 7] [--verbose]
 (after `./dsw run` or `./dsw test` has installed the venv once). It uses its own database, dsw_bench.
@@ -41,7 +41,6 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -88,6 +87,7 @@ def ingest(chunk_tokens: int, overlap: int) -> tuple[int, int]:
     from audit.services import SYSTEM
     from knowledge import services
     from knowledge.models import Document, KnowledgeBase
+    from knowledge.selectors import embedding_model_id
     from tenants.models import Tenant
     from tenants.rls import tenant_context
 
@@ -96,7 +96,7 @@ def ingest(chunk_tokens: int, overlap: int) -> tuple[int, int]:
     services._enqueue_embed = lambda tenant_id, document_id: None
 
     tenant, _ = Tenant.objects.get_or_create(slug=TENANT_SLUG, defaults={"name": "Bench retrieval quality"})
-    name = f"QA set {chunk_tokens}/{overlap}"
+    name = f"QA set {chunk_tokens}/{overlap} {embedding_model_id()}"  # another model: another knowledge base
     with tenant_context(tenant.pk):
         kb = KnowledgeBase.objects.filter(tenant=tenant, name=name).first() or services.knowledge_base_create(
             tenant=tenant, name=name, chunk_max_tokens=chunk_tokens, chunk_overlap_tokens=overlap, actor=SYSTEM)
@@ -177,7 +177,7 @@ def search_all(tenant_id: int, kb_id: int, questions: list[Question]) -> dict[st
         with tenant_context(tenant_id):
             found[q.id] = Candidates(
                 vector=[i for i, _ in vector_search(**common, embedding=vector, model=model, k=n)],
-                text=[i for i, _ in text_search(**common, query=q.question, k=n)],
+                text=[i for i, _ in text_search(**common, query=q.question, model=model, k=n)],
                 hybrid=hybrid_search(**common, query=q.question, embedding=vector, model=model, candidates=n),
                 retrieved=retrieve(**common, query=q.question, embedding=vector, model=model),
             )
@@ -188,6 +188,10 @@ def search_all(tenant_id: int, kb_id: int, questions: list[Question]) -> dict[st
 
 def rank_of(ranking: Sequence[int], gold: set[int]) -> int | None:
     return next((r for r, cid in enumerate(ranking[:DEPTH], start=1) if cid in gold), None)
+
+
+def rr(rank: int | None) -> float:
+    return 1 / rank if rank else 0.0
 
 
 @dataclass
@@ -203,7 +207,7 @@ def score(ranks: Sequence[int | None]) -> Score:
     if not n:
         return Score(0, float("nan"), float("nan"), float("nan"))
     return Score(n, sum(r == 1 for r in ranks) / n, sum(r is not None and r <= 5 for r in ranks) / n,
-                 sum(1 / r for r in ranks if r is not None) / n)
+                 sum(rr(r) for r in ranks) / n)
 
 
 Method = Callable[[Question, Candidates], list[int]]
@@ -333,11 +337,11 @@ def table(title: str, rows: list[tuple[str, dict[str, Score]]], baseline: str) -
     n = rows[0][1]["all"].n
     print(f"\n{title} (n={n})")
     head = "".join(f" {g + ' (' + str(rows[0][1][g].n) + ')':>15}" for g in groups)
-    print(f"{'method':46} {'hit@1':>6} {'hit@5':>6} {'MRR@10':>7} {'/vector':>8}{head}")
+    print(f"{'method':48} {'hit@1':>6} {'hit@5':>6} {'MRR@10':>7} {'/vector':>8}{head}")
     for label, scores in rows:
         s = scores["all"]
         per = "".join(f" {scores[g].mrr:15.3f}" for g in groups)
-        print(f"{label:46} {s.hit1:6.3f} {s.hit5:6.3f} {s.mrr:7.3f} {s.mrr / base:7.2f}x{per}")
+        print(f"{label:48} {s.hit1:6.3f} {s.hit5:6.3f} {s.mrr:7.3f} {s.mrr / base:7.2f}x{per}")
 
 
 def grouped(ranks: dict[str, int | None], questions: list[Question], by: Callable[[Question], str]) -> dict[str, Score]:
@@ -377,6 +381,7 @@ def main() -> None:
     neighbours = neighbour_index(chunks)
 
     shipped = EmbeddingReranker()
+    shipped_label = f"hybrid + EmbeddingReranker() [{shipped.name}]"
     methods: list[tuple[str, Method]] = [
         ("vector only (baseline)", lambda q, c: c.vector),
         ("full-text only", lambda q, c: c.text),
@@ -384,7 +389,7 @@ def main() -> None:
         ("hybrid + NoReranker", rerank_with(NoReranker())),
         ("hybrid + original reranker (cos .6, MMR .15)",
          rerank_with(EmbeddingReranker(similarity_weight=0.6, rank_constant=60, diversity=0.15))),
-        (f"hybrid + EmbeddingReranker() [{shipped.name}]", rerank_with(shipped)),
+        (shipped_label, rerank_with(shipped)),
         (f"retrieve(): top {settings.KNOWLEDGE_TOP_K}, gate {settings.KNOWLEDGE_RELEVANCE_MARGIN}",
          lambda q, c: [p.chunk_id for p in c.retrieved]),
     ]
@@ -398,6 +403,12 @@ def main() -> None:
         if subset:
             table(title, [(label, grouped(r, subset, lambda q: q.lang)) for label, r in ranks.items()],
                   "vector only (baseline)")
+    untuned = held + fresh
+    diff = np.array([rr(ranks[shipped_label][q.id]) - rr(ranks["hybrid (RRF)"][q.id]) for q in untuned])
+    boot = np.random.default_rng(args.seed).choice(diff, size=(2000, len(diff))).mean(axis=1)
+    print(f"\nMRR@10 of EmbeddingReranker() minus hybrid on the {len(untuned)} questions never tuned on (held-out +"
+          f" fresh): {diff.mean():+.3f}, 95% paired bootstrap interval [{np.percentile(boot, 2.5):+.3f},"
+          f" {np.percentile(boot, 97.5):+.3f}]; better on {int((diff > 0).sum())}, worse on {int((diff < 0).sum())}")
     table("All questions, MRR@10 by kind",
           [(label, grouped(r, questions, lambda q: q.kind)) for label, r in ranks.items()], "vector only (baseline)")
 
@@ -418,7 +429,7 @@ def main() -> None:
     chosen = min((x for x in results if x[1].mrr >= best[1].mrr - TIE), key=lambda x: (x[0].parts, -x[1].mrr))
     print(f"chosen on the tuning half: {chosen[0].label} (tune MRR {chosen[1].mrr:.3f}; held-out MRR "
           f"{chosen[2].mrr:.3f}, hit@1 {chosen[2].hit1:.3f}, hit@5 {chosen[2].hit5:.3f})")
-    shipped_ranks = ranks[f"hybrid + EmbeddingReranker() [{shipped.name}]"]
+    shipped_ranks = ranks[shipped_label]
     same = sum(shipped_ranks[q.id] == chosen[3][q.id] for q in questions)
     print(f"EmbeddingReranker() as shipped gives the chosen variant's gold rank on {same}/{len(questions)} questions")
 

@@ -74,10 +74,11 @@ def vector_search(*, tenant_id: int, knowledge_base_ids: Sequence[int], embeddin
     return sorted(((int(i), float(d)) for i, d in rows), key=lambda row: row[1])
 
 
-def text_search(*, tenant_id: int, knowledge_base_ids: Sequence[int], query: str,
+def text_search(*, tenant_id: int, knowledge_base_ids: Sequence[int], query: str, model: str,
                 k: int = 10) -> list[tuple[int, float]]:
-    """(chunk id, ts_rank_cd) of the k best full-text matches. Only chunks already embedded count,
-    so both searches see the same, finished passages."""
+    """(chunk id, ts_rank_cd) of the k best full-text matches. Only chunks already embedded by the
+    current model count, so both searches see the same, finished passages (and a chunk left over
+    from another embedding model never reaches the reranker with a vector it cannot compare)."""
     latin, cjk = tsquery_parts(query)
     terms: list[str] = []
     params: list[Any] = []
@@ -92,9 +93,9 @@ def text_search(*, tenant_id: int, knowledge_base_ids: Sequence[int], query: str
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT id, ts_rank_cd(search_vector, q) AS rank FROM knowledge_chunk, (SELECT {' || '.join(terms)} AS q) AS t"
-            " WHERE tenant_id = %s AND knowledge_base_id = ANY(%s) AND embedding IS NOT NULL AND search_vector @@ q"
-            " ORDER BY rank DESC, id LIMIT %s",
-            [*params, tenant_id, list(knowledge_base_ids), k],
+            " WHERE tenant_id = %s AND knowledge_base_id = ANY(%s) AND embedding_model = %s"
+            " AND embedding IS NOT NULL AND search_vector @@ q ORDER BY rank DESC, id LIMIT %s",
+            [*params, tenant_id, list(knowledge_base_ids), model, k],
         )
         return [(int(i), float(r)) for i, r in cursor.fetchall()]
 
@@ -130,7 +131,7 @@ def hybrid_search(*, tenant_id: int, knowledge_base_ids: Sequence[int], query: s
     """Candidates from both searches, fused by reciprocal rank, best first (not yet reranked)."""
     by_vector = vector_search(tenant_id=tenant_id, knowledge_base_ids=knowledge_base_ids, embedding=embedding,
                               model=model, k=candidates)
-    by_text = text_search(tenant_id=tenant_id, knowledge_base_ids=knowledge_base_ids, query=query,
+    by_text = text_search(tenant_id=tenant_id, knowledge_base_ids=knowledge_base_ids, query=query, model=model,
                           k=candidates) if use_text else []
     vector_ids = [i for i, _ in by_vector]
     text_ids = [i for i, _ in by_text]

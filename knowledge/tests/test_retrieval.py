@@ -130,7 +130,8 @@ def test_it_never_returns_another_tenants_canary(world) -> None:
         assert passages and all("CANARY" not in p.text for p in passages)
     with tenant_context(world.tenant_a.pk):
         # Even naming tenant B's ids outright, from tenant A's context, finds nothing of B's.
-        assert text_search(tenant_id=world.tenant_b.pk, knowledge_base_ids=[kb_b.pk], query="ZEBRA") == []
+        assert text_search(tenant_id=world.tenant_b.pk, knowledge_base_ids=[kb_b.pk], query="ZEBRA",
+                           model=embedding_model_id()) == []
         assert vector_search(tenant_id=world.tenant_b.pk, knowledge_base_ids=[kb_b.pk], embedding=embed(query),
                              model=embedding_model_id()) == []
     # Tenant B itself does find it, so the searches above were able to.
@@ -157,7 +158,8 @@ def test_it_finds_chinese_text_by_full_text_search(world) -> None:
     kb = make_kb(world.tenant_a, "制度")
     add_texts(kb, ["员工每年享有十五天带薪年假，需提前两周申请。", "报销单据须在每月五日前提交财务部。"])
     with tenant_context(world.tenant_a.pk):
-        found = text_search(tenant_id=world.tenant_a.pk, knowledge_base_ids=[kb.pk], query="带薪年假有几天？")
+        found = text_search(tenant_id=world.tenant_a.pk, knowledge_base_ids=[kb.pk], query="带薪年假有几天？",
+                            model=embedding_model_id())
         passages = hybrid_search(tenant_id=world.tenant_a.pk, knowledge_base_ids=[kb.pk], query="年假",
                                  embedding=embed("年假"), model=embedding_model_id())
     assert len(found) == 1
