@@ -297,7 +297,7 @@ KNOWLEDGE_STALE_S = env_int("KNOWLEDGE_STALE_S", 900)
 # Retrieval: candidates from each search, passages put in the prompt, HNSW search breadth.
 KNOWLEDGE_CANDIDATES = env_int("KNOWLEDGE_CANDIDATES", 30)
 KNOWLEDGE_TOP_K = env_int("KNOWLEDGE_TOP_K", 5)
-KNOWLEDGE_HNSW_EF_SEARCH = env_int("KNOWLEDGE_HNSW_EF_SEARCH", 100)
+KNOWLEDGE_HNSW_EF_SEARCH = env_int("KNOWLEDGE_HNSW_EF_SEARCH", 64)
 # Passages whose cosine similarity is this far below the best one are left out of the prompt.
 # 0.20: on bench/retrieval_quality.py it drops the answering passage for 1 question in 139
 # (0.15: 8) while still trimming the top 5 to 3.5 passages on average.

@@ -62,6 +62,13 @@ def get_reranker() -> CrossEncoderScorer:
         return _reranker
 
 
+def shutdown_reranker() -> None:
+    """Drops the loaded cross-encoder, so the next turn loads KNOWLEDGE_RERANKER_PATH again."""
+    global _reranker
+    with _lock:
+        _reranker = None
+
+
 def warm_up() -> None:
     """Loads both models at worker start. A failure is logged, not fatal: turns then fail with the reason."""
     from transformers.utils import logging as transformers_logging
