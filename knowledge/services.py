@@ -440,6 +440,12 @@ def document_embed(*, tenant_id: int, document_id: int) -> None:
     model = embedding_model_id()
     total = max(document.chunks_embedded, 1)
     done = 0
+    # The encoder's own batch. On a CPU, 16 encodes 256-token chunks 7-18% faster than
+    # sentence-transformers' default 32 even with no padding to speak of (smaller activations stay
+    # in cache; short chunks lose nothing), and a document's few dozen chunks, sorted by length
+    # within the call, leave gaps that a smaller batch pads less (bench/ingest_speed.py, MiniLM,
+    # 2 cores). A GPU wants big batches: the default stays there.
+    encode_batch = 16 if settings.MODEL_DEVICE == "cpu" else 32
     try:
         embedder = runtime.get_embedder()
         while True:
@@ -450,13 +456,18 @@ def document_embed(*, tenant_id: int, document_id: int) -> None:
                              .values_list("id", "heading", "text")[: settings.KNOWLEDGE_EMBED_BATCH])
             if not batch:
                 break
-            vectors = embedder.embed([f"{h}\n{t}" if h else t for _, h, t in batch])
+            vectors = embedder.embed([f"{h}\n{t}" if h else t for _, h, t in batch], batch_size=encode_batch)
             done += len(batch)
             with tenant_context(tenant_id), connection.cursor() as cursor:
-                cursor.executemany(
-                    "UPDATE knowledge_chunk SET embedding = %s::vector, embedding_dim = %s, embedding_model = %s"
-                    " WHERE tenant_id = %s AND id = %s",
-                    [(_vector_text(v), len(v), model, tenant_id, chunk_id) for (chunk_id, _, _), v in zip(batch, vectors)],
+                # One statement for the whole batch (the ids and vectors as two parallel arrays)
+                # rather than one UPDATE per chunk: PostgreSQL parses, plans and prunes the
+                # partitions once. One model made every vector of the batch: one dimension.
+                cursor.execute(
+                    "UPDATE knowledge_chunk AS c SET embedding = v.embedding, embedding_dim = %s, embedding_model = %s"
+                    " FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::text[]::vector[]) AS embedding) AS v"
+                    " WHERE c.tenant_id = %s AND c.id = v.id",
+                    [len(vectors[0]), model, [chunk_id for chunk_id, _, _ in batch],
+                     [_vector_text(v) for v in vectors], tenant_id],
                 )
                 Document.objects.filter(pk=document_id).update(
                     progress=min(99, PROGRESS[Document.Status.EMBEDDING] + int(79 * done / total)),
