@@ -25,7 +25,8 @@ def tiny_cross_encoder(tmp_path: Path) -> str:
     tokenizer = AutoTokenizer.from_pretrained(str(default_embedding_dir()))
     torch.manual_seed(5)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=64, num_labels=1)
+                        num_attention_heads=2, intermediate_size=64)
+    config.num_labels = 1  # one relevance score per pair, as cross-encoders have
     BertForSequenceClassification(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     return str(tmp_path)
