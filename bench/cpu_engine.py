@@ -1,0 +1,86 @@
+"""CPU engine: the bundled SmolLM2-135M on this machine's cores, our engine against plain `generate`.
+
+Plain `generate` serves one request at a time (the baseline, measured in the same run); the engine
+serves 1 and 8 concurrent streams through its continuous batch. Every request has the same chat
+prompt and generates exactly --new-tokens tokens (end-of-sequence is ignored via min_new_tokens
+for the baseline and a stop-free, length-bound request for the engine). It prints output tok/s,
+TTFT p50 and TPOT, and the engine's tok/s as a ratio to the baseline's.
+
+Run (after `./dsw run` or `./dsw test` has installed the venv and converted the model once):
+    .venv/bin/python bench/cpu_engine.py [--streams 1 8] [--new-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from inference.engine import Engine, SamplingParams, default_model_dir  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    args = parser.parse_args()
+    import torch
+
+    data = Path(os.environ.get("DSW_DATA_DIR", Path(__file__).resolve().parent.parent / "var"))
+    engine = Engine.load(default_model_dir(data / "models"), batching="continuous", max_batch=max(args.streams))
+    model, tokenizer = engine.model, engine.tokenizer
+    prompt = engine.chat_prompt([{"role": "user", "content": "Write a short story about a lighthouse keeper."}])
+    print(f"SmolLM2-135M on {os.cpu_count()} CPUs, torch {torch.__version__}; prompt {len(prompt)} tokens,"
+          f" {args.new_tokens} new tokens per request", flush=True)
+
+    ids = torch.tensor([prompt])
+    model.generate(ids, max_new_tokens=4, do_sample=False)  # warm-up
+    t0 = time.perf_counter()
+    out = model.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
+                         pad_token_id=tokenizer.pad_token_id or 0)
+    seconds = time.perf_counter() - t0
+    baseline = (out.shape[1] - len(prompt)) / seconds
+    print(f"{'setup':<18}{'streams':>8}{'tok/s':>9}{'ratio':>8}{'TTFT p50 ms':>13}{'TPOT ms':>9}")
+    print(f"{'plain generate':<18}{1:>8}{baseline:>9.1f}{1.0:>7.2f}x{'':>13}{seconds / args.new_tokens * 1000:>9.1f}")
+
+    for streams in args.streams:
+        engine.generate(prompt, SamplingParams(max_new_tokens=4))  # warm-up
+        results: list[tuple[float, float, float, int]] = []
+        lock = threading.Lock()
+
+        def consume() -> None:
+            submitted = time.perf_counter()
+            first = None
+            count = 0
+            # No stop strings and greedy decoding; an end-of-sequence token may still end a request
+            # early, so tok/s counts what was generated.
+            for delta in engine.submit(prompt, SamplingParams(max_new_tokens=args.new_tokens)):
+                if first is None and delta.token_count:
+                    first = time.perf_counter()
+                count = delta.token_count
+            with lock:
+                results.append((submitted, first or time.perf_counter(), time.perf_counter(), count))
+
+        threads = [threading.Thread(target=consume) for _ in range(streams)]
+        t0 = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - t0
+        tok_s = sum(r[3] for r in results) / wall
+        ttft = statistics.median((first - sub) * 1000 for sub, first, _, _ in results)
+        tpot = statistics.median((end - first) / max(n - 1, 1) * 1000 for _, first, end, n in results)
+        print(f"{'our engine':<18}{streams:>8}{tok_s:>9.1f}{tok_s / baseline:>7.2f}x{ttft:>13.1f}{tpot:>9.1f}",
+              flush=True)
+    engine.close()
+
+
+if __name__ == "__main__":
+    main()
