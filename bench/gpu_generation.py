@@ -143,13 +143,29 @@ def our_engine(engine: Engine, prompts: list[list[int]], new: int) -> dict[str, 
             "tokens": sum(n for *_, n in results)}
 
 
+def _value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--layers", type=int, default=30)
+    parser.add_argument("--cb", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="ContinuousBatchingConfig overrides for our engine, e.g. use_cuda_graph=true"
+                             " default_compile_level=1")
     args = parser.parse_args()
+    cb_options = {key: _value(value) for key, value in (item.split("=", 1) for item in args.cb)}
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA GPU")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
@@ -175,20 +191,21 @@ def main() -> None:
     baseline = rows[-1][2]["tok_s"]
     for streams in args.streams:
         torch.cuda.reset_peak_memory_stats()
-        engine = Engine.from_model(model, tokenizer, batching="continuous", max_batch=streams)
+        engine = Engine.from_model(model, tokenizer, batching="continuous", max_batch=streams,
+                                   cb_options=cb_options or None)
         try:
             our_engine(engine, prompts[: min(streams, 4)], 8)  # warm-up at this batch size
             result = our_engine(engine, prompts[:streams], args.new_tokens)
         finally:
             engine.close()
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        rows.append(("our engine", streams, result))
+        rows.append(("our engine" + (" +" + ",".join(args.cb) if args.cb else ""), streams, result))
         print(rows[-1], flush=True)
 
-    print(f"\n{'setup':<28}{'streams':>8}{'tok/s':>9}{'x CB':>7}{'roofline':>10}{'TTFT p50':>10}{'TTFT p99':>10}"
+    print(f"\n{'setup':<40}{'streams':>8}{'tok/s':>9}{'x CB':>7}{'roofline':>10}{'TTFT p50':>10}{'TTFT p99':>10}"
           f"{'TPOT ms':>9}{'peak GiB':>9}")
     for name, streams, r in rows:
-        print(f"{name:<28}{streams:>8}{r['tok_s']:>9.1f}{r['tok_s'] / baseline:>6.2f}x"
+        print(f"{name:<40}{streams:>8}{r['tok_s']:>9.1f}{r['tok_s'] / baseline:>6.2f}x"
               f"{r['tok_s'] / roof.tok_s(streams):>9.1%}"
               f"{r.get('ttft_p50', float('nan')):>10.1f}{r.get('ttft_p99', float('nan')):>10.1f}"
               f"{r.get('tpot_ms', float('nan')):>9.2f}{r.get('peak_gib', float('nan')):>9.1f}")
