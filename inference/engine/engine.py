@@ -487,9 +487,14 @@ class Engine:
         last_sweep = time.monotonic()
         try:
             while not self._closed:
-                output = self._mgr.get_result(timeout=0.1)
+                # `_stop_continuous` clears the manager, possibly while this loop still waits on it
+                # (its join gives up after 5 s): read it once per pass and stop when it is gone.
+                mgr = self._mgr
+                if mgr is None:
+                    break
+                output = mgr.get_result(timeout=0.1)
                 if output is None:
-                    if not self._mgr.is_running() and (self._closed or not self._restart_manager()):
+                    if not mgr.is_running() and (self._closed or not self._restart_manager()):
                         break
                 else:
                     self._route(output)
