@@ -166,13 +166,13 @@ def hnsw_partitions() -> set[str]:
 def exact_search(tenant_id: int, kb_id: int, query: list[float]) -> Hits:
     from django.db import connection
 
-    from knowledge.retrieval import _vector_literal
+    from knowledge.vector_index import vector_literal
 
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT id, embedding <=> %s::vector AS distance FROM knowledge_chunk WHERE tenant_id = %s"
             " AND embedding_dim = %s AND embedding_model = %s AND knowledge_base_id = ANY(%s)"
-            " ORDER BY distance LIMIT %s", [_vector_literal(query), tenant_id, DIM, MODEL, [kb_id], K])
+            " ORDER BY distance LIMIT %s", [vector_literal(query), tenant_id, DIM, MODEL, [kb_id], K])
         return [(int(i), float(d)) for i, d in cursor.fetchall()]
 
 

@@ -22,7 +22,7 @@ from django.db import connection
 
 from knowledge.models import Chunk
 from knowledge.text import tsquery_parts
-from knowledge.vector_index import distance_sql
+from knowledge.vector_index import distance_sql, vector_literal
 
 # Reciprocal rank fusion's constant, from Cormack et al. (2009); it damps the top ranks' weight.
 RRF_K = 60
@@ -68,7 +68,7 @@ def vector_search(*, tenant_id: int, knowledge_base_ids: Sequence[int], embeddin
             f"SELECT id, {distance_sql(dim)} AS distance FROM knowledge_chunk"
             " WHERE tenant_id = %s AND embedding_dim = %s AND embedding_model = %s"
             " AND knowledge_base_id = ANY(%s) ORDER BY distance LIMIT %s",
-            [_vector_literal(embedding), tenant_id, dim, model, list(knowledge_base_ids), k],
+            [vector_literal(embedding), tenant_id, dim, model, list(knowledge_base_ids), k],
         )
         rows = cursor.fetchall()
     return sorted(((int(i), float(d)) for i, d in rows), key=lambda row: row[1])
@@ -98,10 +98,6 @@ def text_search(*, tenant_id: int, knowledge_base_ids: Sequence[int], query: str
             [*params, tenant_id, list(knowledge_base_ids), model, k],
         )
         return [(int(i), float(r)) for i, r in cursor.fetchall()]
-
-
-def _vector_literal(vector: Sequence[float]) -> str:
-    return "[" + ",".join(f"{float(x):.7g}" for x in vector) + "]"
 
 
 def rrf(rankings: Sequence[Sequence[int]]) -> dict[int, float]:

@@ -22,11 +22,12 @@ from django.utils import timezone
 
 from audit.services import SYSTEM, Actor, audit_record
 from knowledge import storage
-from knowledge.ingest.types import ChunkDraft, IngestError
+from knowledge.ingest.types import ChunkDraft, IngestError, embedding_text
 from knowledge.models import Chunk, Document, KnowledgeBase, KnowledgeBaseMember, KnowledgeSource
 from knowledge.selectors import embedding_model_id
 from knowledge.text import TSVECTOR_SQL, fts_parts
-from tenants.models import Role, Tenant
+from knowledge.vector_index import vector_literal
+from tenants.models import Membership, Role, Tenant
 from tenants.rls import tenant_context
 
 logger = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ def _check_chunking(max_tokens: int, overlap: int) -> None:
 
 
 def _set_members(knowledge_base: KnowledgeBase, user_ids: Sequence[int]) -> None:
-    from tenants.models import Membership
-
     valid = set(Membership.objects.filter(tenant_id=knowledge_base.tenant_id, user_id__in=list(user_ids))
                 .values_list("user_id", flat=True))
     if set(user_ids) - valid:
@@ -72,17 +71,28 @@ def _set_members(knowledge_base: KnowledgeBase, user_ids: Sequence[int]) -> None
     )
 
 
-@transaction.atomic
-def knowledge_base_create(*, tenant: Tenant, name: str, description: str = "", access_roles: Iterable[str] | None = None,
-                          member_ids: Sequence[int] = (), chunk_max_tokens: int = 256, chunk_overlap_tokens: int = 32,
-                          created_by: User | None = None, actor: Actor) -> KnowledgeBase:
+def _validated(tenant_id: int, name: str, roles: Iterable[str], chunk_max_tokens: int, chunk_overlap_tokens: int,
+               *, exclude_pk: int | None = None) -> tuple[str, list[str]]:
+    """The cleaned name and roles of a knowledge base being created or changed, or the reason not."""
     name = " ".join(name.split())[:200]
     if not name:
         raise KnowledgeInputError("A knowledge base needs a name.")
     _check_chunking(chunk_max_tokens, chunk_overlap_tokens)
-    roles = _clean_roles(access_roles if access_roles is not None else [r.value for r in Role])
-    if KnowledgeBase.objects.filter(tenant=tenant, name=name).exists():
+    cleaned_roles = _clean_roles(roles)
+    same_name = KnowledgeBase.objects.filter(tenant_id=tenant_id, name=name)
+    if exclude_pk is not None:
+        same_name = same_name.exclude(pk=exclude_pk)
+    if same_name.exists():
         raise KnowledgeInputError(f"A knowledge base named “{name}” already exists.")
+    return name, cleaned_roles
+
+
+@transaction.atomic
+def knowledge_base_create(*, tenant: Tenant, name: str, description: str = "", access_roles: Iterable[str] | None = None,
+                          member_ids: Sequence[int] = (), chunk_max_tokens: int = 256, chunk_overlap_tokens: int = 32,
+                          created_by: User | None = None, actor: Actor) -> KnowledgeBase:
+    name, roles = _validated(tenant.pk, name, access_roles if access_roles is not None else [r.value for r in Role],
+                             chunk_max_tokens, chunk_overlap_tokens)
     knowledge_base = KnowledgeBase.objects.create(
         tenant=tenant, name=name, description=description.strip(), access_roles=roles,
         chunk_max_tokens=chunk_max_tokens, chunk_overlap_tokens=chunk_overlap_tokens, created_by=created_by,
@@ -98,13 +108,8 @@ def knowledge_base_create(*, tenant: Tenant, name: str, description: str = "", a
 def knowledge_base_update(*, knowledge_base: KnowledgeBase, name: str, description: str, access_roles: Iterable[str],
                           member_ids: Sequence[int], chunk_max_tokens: int, chunk_overlap_tokens: int,
                           actor: Actor) -> KnowledgeBase:
-    name = " ".join(name.split())[:200]
-    if not name:
-        raise KnowledgeInputError("A knowledge base needs a name.")
-    _check_chunking(chunk_max_tokens, chunk_overlap_tokens)
-    roles = _clean_roles(access_roles)
-    if KnowledgeBase.objects.filter(tenant_id=knowledge_base.tenant_id, name=name).exclude(pk=knowledge_base.pk).exists():
-        raise KnowledgeInputError(f"A knowledge base named “{name}” already exists.")
+    name, roles = _validated(knowledge_base.tenant_id, name, access_roles, chunk_max_tokens, chunk_overlap_tokens,
+                             exclude_pk=knowledge_base.pk)
     knowledge_base.name, knowledge_base.description, knowledge_base.access_roles = name, description.strip(), roles
     knowledge_base.chunk_max_tokens, knowledge_base.chunk_overlap_tokens = chunk_max_tokens, chunk_overlap_tokens
     knowledge_base.save(update_fields=["name", "description", "access_roles", "chunk_max_tokens",
@@ -391,12 +396,13 @@ def chunks_replace(*, document: Document, drafts: Sequence[ChunkDraft]) -> dict[
     """
     model = embedding_model_id()
     stored: dict[str, list[int]] = {}
-    for chunk_id, content_hash in (Chunk.objects.filter(document=document)
-                                   .filter(embedding_model__in=[model, ""]).order_by("ordinal")
-                                   .values_list("id", "content_hash")):
-        stored.setdefault(content_hash, []).append(chunk_id)
-    stale = set(Chunk.objects.filter(document=document).exclude(embedding_model__in=[model, ""])
-                .values_list("id", flat=True))
+    stale: set[int] = set()
+    for chunk_id, content_hash, chunk_model in (Chunk.objects.filter(document=document).order_by("ordinal")
+                                                .values_list("id", "content_hash", "embedding_model")):
+        if chunk_model in (model, ""):  # embedded by this model, or not embedded yet
+            stored.setdefault(content_hash, []).append(chunk_id)
+        else:
+            stale.add(chunk_id)
     keep: list[tuple[int, ChunkDraft]] = []
     new: list[ChunkDraft] = []
     for draft in drafts:
@@ -456,7 +462,7 @@ def document_embed(*, tenant_id: int, document_id: int) -> None:
                              .values_list("id", "heading", "text")[: settings.KNOWLEDGE_EMBED_BATCH])
             if not batch:
                 break
-            vectors = embedder.embed([f"{h}\n{t}" if h else t for _, h, t in batch], batch_size=encode_batch)
+            vectors = embedder.embed([embedding_text(h, t) for _, h, t in batch], batch_size=encode_batch)
             done += len(batch)
             with tenant_context(tenant_id), connection.cursor() as cursor:
                 # One statement for the whole batch (the ids and vectors as two parallel arrays)
@@ -467,7 +473,7 @@ def document_embed(*, tenant_id: int, document_id: int) -> None:
                     " FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::text[]::vector[]) AS embedding) AS v"
                     " WHERE c.tenant_id = %s AND c.id = v.id",
                     [len(vectors[0]), model, [chunk_id for chunk_id, _, _ in batch],
-                     [_vector_text(v) for v in vectors], tenant_id],
+                     [vector_literal(v) for v in vectors], tenant_id],
                 )
                 Document.objects.filter(pk=document_id).update(
                     progress=min(99, PROGRESS[Document.Status.EMBEDDING] + int(79 * done / total)),
@@ -489,10 +495,6 @@ def document_embed(*, tenant_id: int, document_id: int) -> None:
         audit_record(tenant_id=tenant_id, actor=SYSTEM, action="document.ready", target_type="document",
                      target_id=document_id, payload={"chunks": document.chunk_count, "embedded": done,
                                                      "model": model, "timings": document.timings})
-
-
-def _vector_text(vector: Sequence[float]) -> str:
-    return "[" + ",".join(f"{float(x):.7g}" for x in vector) + "]"
 
 
 def documents_sweep_stale() -> int:

@@ -8,6 +8,8 @@ queries repeat exactly that expression and predicate so the planner picks the in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from django.db import connection
 
 # Hash partitions of knowledge_chunk by tenant (migration 0004). Each holds roughly 1/16 of
@@ -33,6 +35,11 @@ def distance_sql(dimension: int) -> str:
     """Cosine distance to the query vector (one %s parameter), in the indexed expression's form."""
     n = int(dimension)
     return f"(embedding::vector({n})) <=> %s::vector({n})"
+
+
+def vector_literal(vector: Sequence[float]) -> str:
+    """pgvector's text form of `vector`, for a `%s::vector` parameter."""
+    return "[" + ",".join(f"{float(x):.7g}" for x in vector) + "]"
 
 
 def ensure_index(dimension: int) -> bool:

@@ -47,6 +47,11 @@ class ParsedDocument:
         )
 
 
+def embedding_text(heading: str, text: str) -> str:
+    """What a chunk's vector is computed from: its heading path, then its text."""
+    return f"{heading}\n{text}" if heading else text
+
+
 @dataclass
 class ChunkDraft:
     """A chunk before it is stored: its text, where it sits in the document, and its hash."""
@@ -64,7 +69,7 @@ class ChunkDraft:
 
     @property
     def embedding_text(self) -> str:
-        return f"{self.heading}\n{self.text}" if self.heading else self.text
+        return embedding_text(self.heading, self.text)
 
 
 class IngestError(Exception):
