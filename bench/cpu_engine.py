@@ -1,13 +1,14 @@
 """CPU engine: the bundled SmolLM2-135M on this machine's cores, our engine against plain `generate`.
 
 Plain `generate` serves one request at a time (the baseline, measured in the same run); the engine
-serves 1 and 8 concurrent streams through its continuous batch. Every request has the same chat
+serves 1 and 8 concurrent streams, through each backend named in --batching: "static" (our slot
+cache, the default for Llama-family models) and "continuous" (transformers' batching manager). Every request has the same chat
 prompt and generates exactly --new-tokens tokens (end-of-sequence is ignored via min_new_tokens
 for the baseline and a stop-free, length-bound request for the engine). It prints output tok/s,
 TTFT p50 and TPOT, and the engine's tok/s as a ratio to the baseline's.
 
 Run (after `./dsw run` or `./dsw test` has installed the venv and converted the model once):
-    .venv/bin/python bench/cpu_engine.py [--streams 1 8] [--new-tokens 64]
+    .venv/bin/python bench/cpu_engine.py [--streams 1 8] [--new-tokens 64] [--batching static continuous]
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--batching", nargs="+", default=["static", "continuous"])
     args = parser.parse_args()
     import torch
 
+    from inference.engine import load_model
+
     data = Path(os.environ.get("DSW_DATA_DIR", Path(__file__).resolve().parent.parent / "var"))
-    engine = Engine.load(default_model_dir(data / "models"), batching="continuous", max_batch=max(args.streams))
-    model, tokenizer = engine.model, engine.tokenizer
+    model, tokenizer = load_model(default_model_dir(data / "models"))
+    engine = Engine.from_model(model, tokenizer, batching="simple")
     prompt = engine.chat_prompt([{"role": "user", "content": "Write a short story about a lighthouse keeper."}])
     print(f"SmolLM2-135M on {os.cpu_count()} CPUs, torch {torch.__version__}; prompt {len(prompt)} tokens,"
           f" {args.new_tokens} new tokens per request", flush=True)
@@ -46,10 +50,12 @@ def main() -> None:
                          pad_token_id=tokenizer.pad_token_id or 0)
     seconds = time.perf_counter() - t0
     baseline = (out.shape[1] - len(prompt)) / seconds
-    print(f"{'setup':<18}{'streams':>8}{'tok/s':>9}{'ratio':>8}{'TTFT p50 ms':>13}{'TPOT ms':>9}")
-    print(f"{'plain generate':<18}{1:>8}{baseline:>9.1f}{1.0:>7.2f}x{'':>13}{seconds / args.new_tokens * 1000:>9.1f}")
+    engine.close()
+    print(f"{'setup':<24}{'streams':>8}{'tok/s':>9}{'ratio':>8}{'TTFT p50 ms':>13}{'TPOT ms':>9}")
+    print(f"{'plain generate':<24}{1:>8}{baseline:>9.1f}{1.0:>7.2f}x{'':>13}{seconds / args.new_tokens * 1000:>9.1f}")
 
-    for streams in args.streams:
+    for batching, streams in [(b, s) for b in args.batching for s in args.streams]:
+        engine = Engine.from_model(model, tokenizer, batching=batching, max_batch=max(args.streams))
         engine.generate(prompt, SamplingParams(max_new_tokens=4))  # warm-up
         results: list[tuple[float, float, float, int]] = []
         lock = threading.Lock()
@@ -77,9 +83,9 @@ def main() -> None:
         tok_s = sum(r[3] for r in results) / wall
         ttft = statistics.median((first - sub) * 1000 for sub, first, _, _ in results)
         tpot = statistics.median((end - first) / max(n - 1, 1) * 1000 for _, first, end, n in results)
-        print(f"{'our engine':<18}{streams:>8}{tok_s:>9.1f}{tok_s / baseline:>7.2f}x{ttft:>13.1f}{tpot:>9.1f}",
-              flush=True)
-    engine.close()
+        print(f"{'our engine, ' + batching:<24}{streams:>8}{tok_s:>9.1f}{tok_s / baseline:>7.2f}x{ttft:>13.1f}"
+              f"{tpot:>9.1f}", flush=True)
+        engine.close()
 
 
 if __name__ == "__main__":

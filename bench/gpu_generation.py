@@ -10,10 +10,15 @@ It prints output tok/s, TTFT p50/p99 and TPOT (time per output token after the f
 throughput also as a fraction of the bandwidth roofline: a decode step must read the weights
 once plus every sequence's KV cache, so at batch B and mean context L the best step time is
 (weights + B*L*kv_bytes_per_token) / copy bandwidth (measured here), i.e. B / that tokens per second.
-The baseline for the ratios is transformers' continuous batching with its defaults, same run.
+The baseline for the ratios is transformers' continuous batching with its defaults, same run;
+"transformers CB + CUDA graphs" (through our engine's "continuous" backend) is its best
+configuration that starts in reasonable time, and the table gives our engine against it too.
+It also times single decode steps of the static backend (CUDA graph replays) against the roofline,
+and checks our greedy output against plain `generate` on the same prompt.
 
 Run (from the repository root, on the GPU machine):
     python bench/gpu_generation.py [--streams 1 64 256] [--new-tokens 256] [--prompt-tokens 256]
+        [--batching static|continuous] [--cb FIELD=VALUE ...] [--skip-hf-graphs]
 """
 
 from __future__ import annotations
@@ -143,6 +148,36 @@ def our_engine(engine: Engine, prompts: list[list[int]], new: int) -> dict[str, 
             "tokens": sum(n for *_, n in results)}
 
 
+def step_times(engine: Engine, roof: Roofline, contexts: list[int]) -> None:
+    """Replay the static backend's decode graph alone: its time per step against the roofline."""
+    slots = engine._slots
+    for batch in sorted({1, 8, 64, slots.slots} & set(range(1, slots.slots + 1))):
+        for context in contexts:
+            graph = slots._graph(batch, context)
+            for _ in range(3):
+                graph.replay()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(20):
+                graph.replay()
+            torch.cuda.synchronize()
+            ms = (time.perf_counter() - t0) / 20 * 1000
+            ideal = (roof.weights + batch * context * roof.kv_per_token) / roof.bandwidth * 1000
+            print(f"decode step batch {batch:>3} context {context:>5}: {ms:6.2f} ms"
+                  f" (roofline {ideal:5.2f} ms, {ideal / ms:5.1%}); {batch / ms * 1000:8.0f} tok/s", flush=True)
+
+
+def greedy_agreement(engine: Engine, model: Any, prompt: list[int], new: int = 32) -> str:
+    ids = torch.tensor([prompt], device="cuda")
+    reference = model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+    expected = reference[0, len(prompt):].tolist()
+    handle = engine.submit(prompt, SamplingParams(max_new_tokens=new))
+    handle.wait(120)
+    got = handle.token_ids
+    same = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
+    return f"{same}/{new} leading tokens identical to plain generate (bf16: near-ties may flip later ones)"
+
+
 def _value(text: str) -> Any:
     lowered = text.lower()
     if lowered in ("true", "false"):
@@ -161,6 +196,14 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--layers", type=int, default=30)
+    parser.add_argument("--batching", default="static", choices=["static", "continuous"])
+    parser.add_argument("--quant", nargs="*", default=["int8", "int4"],
+                        help="also serve these quantizations through our engine (memory, logits delta, tok/s)")
+    parser.add_argument("--quant-tokens", type=int, default=64, help="new tokens per request in the quantized runs")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="static backend: eager elementwise kernels instead of compiled ones")
+    parser.add_argument("--skip-hf", action="store_true", help="skip plain generate and transformers CB")
+    parser.add_argument("--skip-hf-graphs", action="store_true", help="skip transformers CB + CUDA graphs")
     parser.add_argument("--cb", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="ContinuousBatchingConfig overrides for our engine, e.g. use_cuda_graph=true"
                              " default_compile_level=1")
@@ -182,24 +225,47 @@ def main() -> None:
     prompts = [torch.randint(0, 102400, (args.prompt_tokens,), generator=gen).tolist() for _ in range(max(args.streams))]
 
     rows: list[tuple[str, int, dict[str, float]]] = []
-    rows.append(("plain generate", 1, plain_generate(model, prompts[0], args.new_tokens)))
-    print(rows[-1], flush=True)
     baseline_streams = 64 if 64 in args.streams else max(args.streams)
-    rows.append(("transformers CB, defaults", baseline_streams,
-                 hf_continuous(model, prompts[:baseline_streams], args.new_tokens)))
-    print(rows[-1], flush=True)
-    baseline = rows[-1][2]["tok_s"]
+    baseline = best_hf = float("nan")
+    if not args.skip_hf:
+        rows.append(("plain generate", 1, plain_generate(model, prompts[0], args.new_tokens)))
+        print(rows[-1], flush=True)
+        rows.append(("transformers CB, defaults", baseline_streams,
+                     hf_continuous(model, prompts[:baseline_streams], args.new_tokens)))
+        print(rows[-1], flush=True)
+        baseline = best_hf = rows[-1][2]["tok_s"]
+    if not args.skip_hf and not args.skip_hf_graphs:
+        engine = Engine.from_model(model, tokenizer, batching="continuous", max_batch=baseline_streams,
+                                   cb_options={"use_cuda_graph": True})
+        try:
+            our_engine(engine, prompts[:4], 8)
+            result = our_engine(engine, prompts[:baseline_streams], args.new_tokens)
+        finally:
+            engine.close()
+        rows.append(("transformers CB + CUDA graphs", baseline_streams, result))
+        best_hf = max(best_hf, result["tok_s"])
+        print(rows[-1], flush=True)
+    context = args.prompt_tokens + args.new_tokens
     for streams in args.streams:
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        engine = Engine.from_model(model, tokenizer, batching="continuous", max_batch=streams,
-                                   cb_options=cb_options or None)
+        t0 = time.perf_counter()
+        engine = Engine.from_model(model, tokenizer, batching=args.batching, max_batch=streams,
+                                   cb_options=cb_options or None, max_context=context, compile=args.compile)
+        print(f"engine ({engine.backend}, {streams} slots) ready in {time.perf_counter() - t0:.1f} s {engine.stats()}",
+              flush=True)
         try:
             our_engine(engine, prompts[: min(streams, 4)], 8)  # warm-up at this batch size
             result = our_engine(engine, prompts[:streams], args.new_tokens)
+            if streams == max(args.streams) and engine.backend == "static":
+                step_times(engine, roof, sorted({256, context}))
+            if streams == 1:
+                print("greedy check:", greedy_agreement(engine, model, prompts[0]), flush=True)
         finally:
             engine.close()
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        rows.append(("our engine" + (" +" + ",".join(args.cb) if args.cb else ""), streams, result))
+        label = f"our engine ({args.batching}{'' if args.compile else ', eager'})"
+        rows.append((label + (" +" + ",".join(args.cb) if args.cb else ""), streams, result))
         print(rows[-1], flush=True)
 
     print(f"\n{'setup':<40}{'streams':>8}{'tok/s':>9}{'x CB':>7}{'roofline':>10}{'TTFT p50':>10}{'TTFT p99':>10}"
@@ -210,7 +276,57 @@ def main() -> None:
               f"{r.get('ttft_p50', float('nan')):>10.1f}{r.get('ttft_p99', float('nan')):>10.1f}"
               f"{r.get('tpot_ms', float('nan')):>9.2f}{r.get('peak_gib', float('nan')):>9.1f}")
     print(f"roofline tok/s: " + ", ".join(f"{s} streams {roof.tok_s(s):,.0f}" for s in sorted({1, *args.streams})))
-    print("quantization: bf16 only here; int8/int4 loading is not built yet (issue 6).")
+    print(f"best transformers configuration in this run: {best_hf:,.1f} tok/s; ours against it: "
+          + ", ".join(f"{s} streams {r['tok_s'] / best_hf:.2f}x" for name, s, r in rows if name.startswith("our")))
+    if args.quant:
+        quantized(args, model, tokenizer, prompts, context)
+    print("per-layer kernel timings and perplexity on a real model: bench/gpu_quantization.py, bench/quantization.py")
+
+
+def quantized(args: Any, reference: Any, tokenizer: Any, prompts: list[list[int]], context: int) -> None:
+    """Each quantization through our engine: the same random weights (same seed), quantized."""
+    import gc
+
+    from inference.engine.quantization import quantize_model
+
+    probe = torch.tensor([prompts[0][:128]], device="cuda")
+    with torch.inference_mode():
+        ref_logits = reference(probe).logits[0].float()
+    rows = []
+    for mode in ["none", *args.quant]:
+        gc.collect()
+        torch.cuda.empty_cache()
+        if mode == "none":
+            model = reference
+        else:
+            model, _ = build_model(args.layers)
+            quantize_model(model, mode)
+        gc.collect()
+        torch.cuda.empty_cache()
+        weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        with torch.inference_mode():
+            logits = model(probe).logits[0].float()
+        delta = (logits - ref_logits).abs().max().item()
+        agree = (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item()
+        engine = Engine.from_model(model, tokenizer, batching="static", max_batch=64, max_context=context)
+        try:
+            our_engine(engine, prompts[:2], 4)
+            one = our_engine(engine, prompts[:1], args.quant_tokens)
+            many = our_engine(engine, prompts[:64], args.quant_tokens)
+        finally:
+            engine.close()
+        rows.append((mode, weights, delta, agree, one, many))
+        print(rows[-1][:4], one["tok_s"], many["tok_s"], flush=True)
+        del engine, model
+    base = rows[0]
+    print(f"\n{'quantization':<14}{'weights GB':>11}{'ratio':>7}{'max |dlogit|':>13}{'top-1 agree':>12}"
+          f"{'1 stream tok/s':>15}{'ratio':>7}{'64 streams tok/s':>17}{'ratio':>7}")
+    for mode, weights, delta, agree, one, many in rows:
+        print(f"{'bf16' if mode == 'none' else mode:<14}{weights / 1e9:>11.2f}{base[1] / weights:>6.2f}x{delta:>13.3f}"
+              f"{agree:>12.1%}{one['tok_s']:>15.1f}{one['tok_s'] / base[4]['tok_s']:>6.2f}x"
+              f"{many['tok_s']:>17.1f}{many['tok_s'] / base[5]['tok_s']:>6.2f}x")
+    print(f"(weights as allocated: parameters and buffers; {args.quant_tokens} new tokens per request; random"
+          " weights make the logits delta a pessimistic bound, see bench/quantization.py for perplexity)")
 
 
 if __name__ == "__main__":

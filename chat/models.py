@@ -10,6 +10,10 @@ DEFAULT_TITLE = "New chat"
 
 
 class Conversation(TenantOwned):
+    class Source(models.TextChoices):
+        WEB = "web", "Chat page"
+        API = "api", "OpenAI-compatible API"
+
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, default=DEFAULT_TITLE)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -17,6 +21,9 @@ class Conversation(TenantOwned):
     # The knowledge bases this conversation answers from (the user must be allowed each one).
     knowledge_bases = models.ManyToManyField(KnowledgeBase, through="ConversationKnowledgeBase", blank=True,
                                              related_name="+")
+    # API requests are stored as conversations too (one per request), so they take the same
+    # path, quotas and audit as the chat page; the chat page's sidebar lists only its own.
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.WEB)
 
     class Meta:
         indexes = [models.Index(fields=["tenant", "user", "-updated_at"])]
@@ -51,6 +58,10 @@ class Message(TenantOwned):
     token_count = models.PositiveIntegerField(default=0)
     timings = models.JSONField(default=dict, blank=True)
     citations = models.JSONField(default=list, blank=True)
+    # A turn asked through the OpenAI-compatible API carries the request's own prompt and
+    # sampling: {"messages": [{"role", "content"}...], "sampling": {"max_new_tokens", ...}}.
+    # Empty for the chat page, whose prompt is the conversation's stored history.
+    request = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -26,6 +26,9 @@ SOURCES_INSTRUCTIONS = (
 
 def build_chat_messages(*, assistant_message: Message,
                         passages: Sequence[Passage] = ()) -> list[dict[str, str]]:
+    requested = assistant_message.request.get("messages")
+    if requested:
+        return _api_messages(requested, passages)
     history = list(
         Message.objects.filter(
             conversation_id=assistant_message.conversation_id,
@@ -38,6 +41,22 @@ def build_chat_messages(*, assistant_message: Message,
     history.reverse()
     messages = [{"role": "system", "content": settings.CHAT_SYSTEM_PROMPT}]
     messages += [{"role": m.role, "content": m.content} for m in history if m.content]
+    return _with_sources(messages, passages)
+
+
+def _api_messages(requested: Sequence[dict[str, str]], passages: Sequence[Passage]) -> list[dict[str, str]]:
+    """A turn from the OpenAI-compatible API: the request's own messages, as the client sent them.
+
+    The client's system message replaces ours (as with any OpenAI-compatible server); without
+    one, ours comes first. Passages go in front of the last user message, as on the chat page.
+    """
+    messages = [{"role": m["role"], "content": m["content"]} for m in requested]
+    if not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": settings.CHAT_SYSTEM_PROMPT})
+    return _with_sources(messages, passages)
+
+
+def _with_sources(messages: list[dict[str, str]], passages: Sequence[Passage]) -> list[dict[str, str]]:
     if passages:
         last_user = max((i for i, m in enumerate(messages) if m["role"] == Message.Role.USER), default=None)
         if last_user is not None:

@@ -9,7 +9,9 @@ from tenants.models import Tenant
 
 
 def conversation_list(*, user: User, tenant: Tenant) -> QuerySet[Conversation]:
-    return Conversation.objects.filter(tenant=tenant, user=user).order_by("-updated_at")
+    # Requests through the OpenAI-compatible API are stored as conversations too; the sidebar hides them.
+    return (Conversation.objects.filter(tenant=tenant, user=user, source=Conversation.Source.WEB)
+            .order_by("-updated_at"))
 
 
 def conversation_get_for_user(

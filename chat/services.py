@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -21,6 +22,9 @@ from knowledge.retrieval import Passage
 from knowledge.selectors import knowledge_base_ids_allowed
 from tenants.models import Membership, Tenant
 from tenants.rls import tenant_context
+
+if TYPE_CHECKING:
+    from inference.engine import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +66,13 @@ def _check_quotas(conversation: Conversation) -> None:
 
 
 @transaction.atomic
-def conversation_create(*, user: User, tenant: Tenant, actor: Actor) -> Conversation:
-    conversation = Conversation.objects.create(tenant=tenant, user=user)
+def conversation_create(*, user: User, tenant: Tenant, actor: Actor,
+                        source: str = Conversation.Source.WEB) -> Conversation:
+    conversation = Conversation.objects.create(tenant=tenant, user=user, source=source)
     audit_record(
         tenant_id=tenant.pk, actor=actor, action="conversation.create",
         target_type="conversation", target_id=conversation.pk,
+        payload={"source": source} if source != Conversation.Source.WEB else None,
     )
     return conversation
 
@@ -206,7 +212,7 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
     No transaction stays open while the model writes: each database step is its own short
     transaction in the tenant's context, so progress is visible to others as it happens.
     """
-    from inference import runtime
+    from inference import routing, runtime
 
     started = time.monotonic()
     with tenant_context(tenant_id):
@@ -234,21 +240,25 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
     passages, retrieval_timings = _turn_passages(message)
     message.timings = {**message.timings, **retrieval_timings}
     try:
-        engine = runtime.get_engine()
         with tenant_context(tenant_id):
             history = build_chat_messages(assistant_message=message, passages=passages)
-        prompt_ids = engine.chat_prompt(history)
-        handle = engine.submit(prompt_ids, runtime.sampling_params())
+            sensitive = routing.sensitivity_reason(tenant_id=tenant_id,
+                                                   knowledge_base_ids=_turn_knowledge_base_ids(message))
+        # The local engine or a remote backend (inference.routing); both stream the same Deltas.
+        route = routing.chat_route(messages=history, params=_sampling_params(message), sensitive=sensitive,
+                                   should_stop=_WaitControl(message))
+        handle = route.handle
     except Exception as exc:  # noqa: BLE001 - any load/prompt failure ends this turn, not the worker
         logger.exception("turn %s failed before generation", message.pk)
         _finish(message, writer, Message.Status.FAILED, runtime.describe_error(exc))
         return
-    message.backend = runtime.backend_name()
+    message.backend = route.backend
 
     parts: list[str] = []
     last_control = last_beat = time.monotonic()
     first_token_at: float | None = None
     status, error = Message.Status.DONE, ""
+    finish_reason: str | None = None
     for delta in handle:
         if delta.text:
             if first_token_at is None:
@@ -257,6 +267,7 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
             writer.token(delta.text)
         message.token_count = delta.token_count
         if delta.finished:
+            finish_reason = delta.finish_reason
             if delta.finish_reason == "cancelled":
                 status = Message.Status.CANCELLED
             elif delta.finish_reason == "error":
@@ -273,19 +284,75 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
                 Message.objects.filter(pk=message.pk).update(updated_at=timezone.now())
 
     finished = time.monotonic()
+    routing.local_latency_record(route)
     message.content = "".join(parts)
     message.timings = {
         "queued_ms": round(queued_ms, 1),
         "ttft_ms": round(((first_token_at or finished) - started) * 1000, 1),
-        # The engine's own share: from submit to its first token.
+        # The backend's own share: from submit (or, remote, from the request that answered) to its first token.
         "engine_ttft_ms": round((handle.ttft_s or 0.0) * 1000, 1),
         "total_ms": round((finished - started) * 1000, 1),
         "tokens_per_s": round(message.token_count / max(finished - (first_token_at or started), 1e-6), 2),
+        # Usage as the engine counted it (the OpenAI-compatible API reports both counts).
+        "prompt_tokens": route.prompt_tokens,
+        "finish_reason": finish_reason,
+        # Which backends were tried for this turn, and why each was skipped or failed.
+        "routing": route.timings(),
         **retrieval_timings,
     }
     if error:
         logger.error("turn %s failed: %s", message.pk, error)
     _finish(message, writer, status, error)
+
+
+# The sampling settings an API request may choose (SamplingParams' field names).
+REQUEST_SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_p", "stop")
+
+
+def _sampling_params(message: Message) -> SamplingParams:
+    """The worker's defaults, with what an API request chose (validated by the API view)."""
+    from inference import runtime
+
+    params = runtime.sampling_params()
+    chosen = {k: v for k, v in (message.request.get("sampling") or {}).items() if k in REQUEST_SAMPLING_FIELDS}
+    if "stop" in chosen:
+        chosen["stop"] = tuple(chosen["stop"])
+    return dataclasses.replace(params, **chosen)
+
+
+class _WaitControl:
+    """Polled while routing waits for a remote backend's first token (up to its first-token
+    timeout, for each backend tried): it reads the Stop flag, and touches the row, so the stale-
+    turn sweeper does not take a long wait for a dead worker."""
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.stop = False
+        self.last_control = 0.0
+        self.last_beat = time.monotonic()
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_control >= CONTROL_INTERVAL_S:
+            self.last_control = now
+            self.stop = streams.is_cancel_requested(self.message)
+        if now - self.last_beat >= HEARTBEAT_INTERVAL_S:
+            self.last_beat = now
+            with tenant_context(self.message.tenant_id):
+                Message.objects.filter(pk=self.message.pk).update(updated_at=timezone.now())
+        return self.stop
+
+
+def _turn_knowledge_base_ids(message: Message) -> list[int]:
+    """The knowledge bases whose text may be in this turn's prompt: those chosen now, and those
+    that earlier answers in the conversation cited (their text is in the history)."""
+    ids = set(ConversationKnowledgeBase.objects.filter(conversation_id=message.conversation_id)
+              .values_list("knowledge_base_id", flat=True))
+    for citations in (Message.objects.filter(conversation_id=message.conversation_id).exclude(citations=[])
+                      .values_list("citations", flat=True)):
+        ids.update(int(c["knowledge_base_id"]) for c in citations
+                   if isinstance(c, dict) and c.get("knowledge_base_id") is not None)
+    return sorted(ids)
 
 
 def _turn_passages(message: Message) -> tuple[list[Passage], dict[str, Any]]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import celeryd_init, worker_ready, worker_shutdown
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "deepseek_web.settings")
@@ -15,6 +15,27 @@ app = Celery("deepseek_web")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = (Queue("gpu"), Queue("ingest"))
 app.autodiscover_tasks()
+
+
+def _consumes_gpu(queues: object) -> bool:
+    """Whether a worker's -Q option (a list, or a comma-separated string) names the gpu queue."""
+    if isinstance(queues, str):
+        names = queues.split(",")
+    elif isinstance(queues, (list, tuple, set, frozenset)):
+        names = [str(name) for name in queues]
+    else:
+        return False
+    return "gpu" in {name.strip() for name in names}
+
+
+@celeryd_init.connect
+def _configure_gpu_worker(sender: object, options: dict[str, object] | None = None, **_: object) -> None:
+    # celeryd_init fires before Django setup and task imports, so before anything imports torch,
+    # whose CUDA allocator reads PYTORCH_CUDA_ALLOC_CONF only once, when it starts.
+    if _consumes_gpu((options or {}).get("queues")):
+        from inference.runtime import apply_cuda_alloc_conf
+
+        apply_cuda_alloc_conf()
 
 
 @worker_ready.connect

@@ -7,6 +7,7 @@ servers already running on the machine's standard ports).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
@@ -44,6 +45,17 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_json(name: str, default: object) -> object:
+    """A JSON value; a malformed one stops start-up with the variable's name, not a stack trace later."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} is not valid JSON: {exc}") from None
 
 
 def database_from_url(url: str) -> dict[str, object]:
@@ -90,6 +102,7 @@ INSTALLED_APPS = [
     "knowledge",
     "chat",
     "inference",
+    "openai_api",
 ]
 
 MIDDLEWARE = [
@@ -277,7 +290,33 @@ MODEL_PATH = env_str("MODEL_PATH", "")
 MODEL_DEVICE = env_str("MODEL_DEVICE", "cpu")
 MODEL_DTYPE = env_str("MODEL_DTYPE", "")
 MODEL_BATCHING = env_str("MODEL_BATCHING", "auto")
+# The engine's capacity: concurrent requests, and (static batching) each request's context in
+# tokens and the KV cache's memory. 0 means automatic: the model's context, at most 4096 on a GPU
+# and 2048 on the CPU; 80% of free GPU memory less 4 GiB, or 1 GiB on the CPU (inference.engine).
+MODEL_MAX_BATCH = env_int("MODEL_MAX_BATCH", 16)
+MODEL_MAX_CONTEXT = env_int("MODEL_MAX_CONTEXT", 0)
+MODEL_KV_CACHE_MB = env_int("MODEL_KV_CACHE_MB", 0)
+# Weight-only quantization of the chat model's linear layers at load: "none", "int8" (about half
+# of bf16's weight memory) or "int4" (about a quarter); see inference/engine/quantization.py.
+MODEL_QUANTIZATION = env_str("MODEL_QUANTIZATION", "none").strip().lower() or "none"
+if MODEL_QUANTIZATION not in {"none", "int8", "int4"}:
+    raise ValueError(f"MODEL_QUANTIZATION must be none, int8 or int4, not {MODEL_QUANTIZATION!r}")
+# The gpu worker's CUDA allocator settings, exported as PYTORCH_CUDA_ALLOC_CONF before torch loads
+# (inference.runtime.apply_cuda_alloc_conf). Expandable segments keep growing and shrinking KV
+# caches from fragmenting GPU memory. An allocator setting already in the environment wins; empty
+# leaves torch's default.
+MODEL_CUDA_ALLOC_CONF = env_str("MODEL_CUDA_ALLOC_CONF", "expandable_segments:True")
 EMBEDDING_MODEL_PATH = env_str("EMBEDDING_MODEL_PATH", "")
+# OpenAI-compatible servers (vLLM, SGLang, TGI, a cloud API) a turn may be sent to, as a JSON list:
+# [{"name": "vllm-a", "base_url": "http://vllm:8000/v1", "model": "deepseek-chat", "api_key": "...",
+#   "timeouts": {"connect_s": 5, "first_token_s": 60, "idle_s": 30, "total_s": 600}, "retries": 2}].
+# "api_key_env" may name an environment variable holding the key instead. Empty: the local model
+# serves every turn. Sensitive tenants and knowledge bases always stay local (inference.routing).
+INFERENCE_BACKENDS = env_json("INFERENCE_BACKENDS", [])
+# Routing ranks remote backends by an average of recent times to first token, kept in Redis so all
+# workers share it: this weight for the newest sample, forgotten after this long without one.
+INFERENCE_LATENCY_WEIGHT = float(env_str("INFERENCE_LATENCY_WEIGHT", "0.3"))
+INFERENCE_LATENCY_TTL_S = env_int("INFERENCE_LATENCY_TTL_S", 900)
 
 # Knowledge bases. Uploaded files are kept under generated names in KNOWLEDGE_STORAGE_DIR.
 KNOWLEDGE_STORAGE_DIR = Path(env_str("KNOWLEDGE_STORAGE_DIR", str(DATA_DIR / "knowledge")))

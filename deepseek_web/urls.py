@@ -16,8 +16,11 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("audit/", include("audit.urls")),
+    path("settings/api-keys/", include("openai_api.urls")),
     path("settings/", include("tenants.urls")),
     path("knowledge/", include("knowledge.urls")),
     path("api/v1/", include("knowledge.api_urls")),
+    # The OpenAI-compatible API, at the path OpenAI clients expect under a base URL.
+    path("v1/", include("openai_api.v1_urls")),
     path("", include("chat.urls")),
 ]

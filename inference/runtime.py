@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +28,22 @@ def model_path() -> Path:
     return resolve_model_path(settings.MODEL_PATH or None, Path(settings.MODELS_DIR))
 
 
+def apply_cuda_alloc_conf() -> None:
+    """Export MODEL_CUDA_ALLOC_CONF as PYTORCH_CUDA_ALLOC_CONF unless the environment already sets one.
+
+    torch's CUDA allocator reads the variable once, when it starts, so this must run before torch
+    is imported: the gpu worker calls it from celeryd_init (deepseek_web/celery.py), before Django
+    and the task modules load. torch 2.9+ prefers the new name PYTORCH_ALLOC_CONF, so an operator's
+    value under either name wins over the setting.
+    """
+    value = settings.MODEL_CUDA_ALLOC_CONF
+    if not value or "PYTORCH_CUDA_ALLOC_CONF" in os.environ or "PYTORCH_ALLOC_CONF" in os.environ:
+        return
+    if "torch" in sys.modules:
+        logger.warning("torch was imported before PYTORCH_CUDA_ALLOC_CONF was set; it may not apply")
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = value
+
+
 def get_engine() -> Engine:
     """The worker's engine. A failed load is retried on the next turn, so fixing MODEL_PATH heals it."""
     global _engine
@@ -37,7 +55,11 @@ def get_engine() -> Engine:
                 model_path(),
                 device=settings.MODEL_DEVICE,
                 dtype=settings.MODEL_DTYPE or None,
+                quantization=settings.MODEL_QUANTIZATION,
                 batching=settings.MODEL_BATCHING,  # type: ignore[arg-type]  # validated by Engine
+                max_batch=settings.MODEL_MAX_BATCH,
+                max_context=settings.MODEL_MAX_CONTEXT or None,
+                cache_bytes=(settings.MODEL_KV_CACHE_MB << 20) or None,
             )
         return _engine
 
@@ -71,6 +93,7 @@ def shutdown_reranker() -> None:
 
 def warm_up() -> None:
     """Loads both models at worker start. A failure is logged, not fatal: turns then fail with the reason."""
+    apply_cuda_alloc_conf()  # a no-op in the gpu worker, which did it at start; covers other callers
     from transformers.utils import logging as transformers_logging
 
     # Weight-loading progress bars only clutter a worker's log.

@@ -15,6 +15,7 @@ class KnowledgeBaseForm(forms.Form):
                                                 widget=forms.SelectMultiple(attrs={"size": 4}))
     chunk_max_tokens = forms.IntegerField(min_value=32, max_value=2048, initial=256, label="Chunk size (tokens)")
     chunk_overlap_tokens = forms.IntegerField(min_value=0, max_value=1000, initial=32, label="Overlap (tokens)")
+    sensitive = forms.BooleanField(required=False, label="Sensitive: answer only with the local model")
 
     def __init__(self, *args: object, tenant: Tenant, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]

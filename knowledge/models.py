@@ -23,6 +23,9 @@ class KnowledgeBase(TenantOwned):
     # An empty role list makes the knowledge base private to its listed users.
     access_roles = ArrayField(models.CharField(max_length=20, choices=Role.choices), default=default_access_roles,
                               blank=True)
+    # Turns that draw on a sensitive knowledge base (chosen for the conversation, or cited earlier in
+    # it) are answered only by the local model: its passages must not leave the installation.
+    sensitive = models.BooleanField(default=False)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

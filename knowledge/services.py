@@ -90,26 +90,30 @@ def _validated(tenant_id: int, name: str, roles: Iterable[str], chunk_max_tokens
 @transaction.atomic
 def knowledge_base_create(*, tenant: Tenant, name: str, description: str = "", access_roles: Iterable[str] | None = None,
                           member_ids: Sequence[int] = (), chunk_max_tokens: int = 256, chunk_overlap_tokens: int = 32,
-                          created_by: User | None = None, actor: Actor) -> KnowledgeBase:
+                          sensitive: bool = False, created_by: User | None = None, actor: Actor) -> KnowledgeBase:
     name, roles = _validated(tenant.pk, name, access_roles if access_roles is not None else [r.value for r in Role],
                              chunk_max_tokens, chunk_overlap_tokens)
     knowledge_base = KnowledgeBase.objects.create(
         tenant=tenant, name=name, description=description.strip(), access_roles=roles,
-        chunk_max_tokens=chunk_max_tokens, chunk_overlap_tokens=chunk_overlap_tokens, created_by=created_by,
+        chunk_max_tokens=chunk_max_tokens, chunk_overlap_tokens=chunk_overlap_tokens, sensitive=sensitive,
+        created_by=created_by,
     )
     _set_members(knowledge_base, member_ids)
     audit_record(tenant_id=tenant.pk, actor=actor, action="knowledge_base.create", target_type="knowledge_base",
                  target_id=knowledge_base.pk, payload={"name": name, "access_roles": roles,
-                                                       "member_ids": sorted(member_ids)})
+                                                       "member_ids": sorted(member_ids), "sensitive": sensitive})
     return knowledge_base
 
 
 @transaction.atomic
 def knowledge_base_update(*, knowledge_base: KnowledgeBase, name: str, description: str, access_roles: Iterable[str],
                           member_ids: Sequence[int], chunk_max_tokens: int, chunk_overlap_tokens: int,
-                          actor: Actor) -> KnowledgeBase:
+                          sensitive: bool | None = None, actor: Actor) -> KnowledgeBase:
+    """Changes a knowledge base's settings; `sensitive` None leaves that flag as it is."""
     name, roles = _validated(knowledge_base.tenant_id, name, access_roles, chunk_max_tokens, chunk_overlap_tokens,
                              exclude_pk=knowledge_base.pk)
+    if sensitive is not None:
+        knowledge_base_set_sensitive(knowledge_base=knowledge_base, sensitive=sensitive, actor=actor)
     knowledge_base.name, knowledge_base.description, knowledge_base.access_roles = name, description.strip(), roles
     knowledge_base.chunk_max_tokens, knowledge_base.chunk_overlap_tokens = chunk_max_tokens, chunk_overlap_tokens
     knowledge_base.save(update_fields=["name", "description", "access_roles", "chunk_max_tokens",
@@ -119,6 +123,21 @@ def knowledge_base_update(*, knowledge_base: KnowledgeBase, name: str, descripti
                  target_type="knowledge_base", target_id=knowledge_base.pk,
                  payload={"name": name, "access_roles": roles, "member_ids": sorted(member_ids),
                           "chunk_max_tokens": chunk_max_tokens, "chunk_overlap_tokens": chunk_overlap_tokens})
+    return knowledge_base
+
+
+@transaction.atomic
+def knowledge_base_set_sensitive(*, knowledge_base: KnowledgeBase, sensitive: bool, actor: Actor) -> KnowledgeBase:
+    """Marks a knowledge base sensitive: from the next turn on, a conversation that uses it (or
+    cited it earlier) is answered only by the local model. Its own event, so compliance can find
+    every time data was allowed to leave the installation."""
+    if knowledge_base.sensitive == sensitive:
+        return knowledge_base
+    knowledge_base.sensitive = sensitive
+    knowledge_base.save(update_fields=["sensitive", "updated_at"])
+    audit_record(tenant_id=knowledge_base.tenant_id, actor=actor, action="knowledge_base.sensitivity_change",
+                 target_type="knowledge_base", target_id=knowledge_base.pk,
+                 payload={"name": knowledge_base.name, "sensitive": sensitive})
     return knowledge_base
 
 

@@ -27,7 +27,7 @@ def _kb_form_data(form: KnowledgeBaseForm) -> dict[str, object]:
     data = form.cleaned_data
     return {"name": data["name"], "description": data["description"], "access_roles": data["access_roles"],
             "member_ids": data["member_ids"], "chunk_max_tokens": data["chunk_max_tokens"],
-            "chunk_overlap_tokens": data["chunk_overlap_tokens"]}
+            "chunk_overlap_tokens": data["chunk_overlap_tokens"], "sensitive": data["sensitive"]}
 
 
 def _list(request: TenantRequest, form: KnowledgeBaseForm | None = None, status: int = 200) -> HttpResponse:
@@ -68,6 +68,7 @@ def _detail(request: TenantRequest, knowledge_base: KnowledgeBase, *, form: Know
         "access_roles": knowledge_base.access_roles,
         "member_ids": list(knowledge_base.members.values_list("user_id", flat=True)),
         "chunk_max_tokens": knowledge_base.chunk_max_tokens, "chunk_overlap_tokens": knowledge_base.chunk_overlap_tokens,
+        "sensitive": knowledge_base.sensitive,
     })
     return render(request, "knowledge/detail.html", {
         **_documents_context(knowledge_base), "form": form, "source_form": source_form or SourceForm(),

@@ -18,7 +18,8 @@ class TenantSettingsForm(forms.Form):
     audit_retention_days = forms.IntegerField(min_value=1, max_value=3650, label="Audit retention (days)")
     quota_messages_per_user_day = forms.IntegerField(min_value=0, label="Messages per user per day (0: unlimited)")
     quota_tokens_per_month = forms.IntegerField(min_value=0, label="Generated tokens per month (0: unlimited)")
+    sensitive = forms.BooleanField(required=False, label="Sensitive: answer only with the local model")
 
     @classmethod
     def for_tenant(cls, tenant: Tenant) -> TenantSettingsForm:
-        return cls(initial={name: getattr(tenant, name) for name in SETTINGS_FIELDS})
+        return cls(initial={name: getattr(tenant, name) for name in (*SETTINGS_FIELDS, "sensitive")})

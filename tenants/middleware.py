@@ -9,6 +9,10 @@ from tenants.access import membership_get_active
 from tenants.rls import tenant_context
 
 SESSION_TENANT_KEY = "active_tenant_id"
+# The OpenAI-compatible API authenticates each request by its bearer key, not the session, and
+# opens a short tenant context per step itself: an answer streamed for a minute must not hold one
+# transaction open, and its turn is queued only when the step that stored it commits.
+API_PREFIX = "/v1/"
 
 
 class TenantMiddleware:
@@ -23,6 +27,10 @@ class TenantMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info.startswith(API_PREFIX):
+            request.membership = None  # type: ignore[attr-defined]
+            request.tenant = None  # type: ignore[attr-defined]
+            return self.get_response(request)
         user = request.user
         user_id = user.pk if user.is_authenticated else None
         # First as the user alone: their memberships in every tenant are visible, nothing else.

@@ -19,6 +19,9 @@ class Tenant(models.Model):
     # Quotas; 0 means unlimited.
     quota_messages_per_user_day = models.PositiveIntegerField(default=200)
     quota_tokens_per_month = models.PositiveBigIntegerField(default=2_000_000)
+    # A sensitive tenant's turns are answered only by the local model, never by a remote backend
+    # (INFERENCE_BACKENDS): its prompts and passages must not leave the installation.
+    sensitive = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

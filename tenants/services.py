@@ -148,6 +148,10 @@ SETTINGS_FIELDS = ("audit_retention_days", "quota_messages_per_user_day", "quota
 
 @transaction.atomic
 def tenant_settings_update(*, tenant: Tenant, values: dict[str, int], actor: Actor) -> Tenant:
+    """The console's settings form: retention and quotas, and the sensitivity flag, which is
+    audited as its own event (compliance looks for it, not for a quota change)."""
+    if "sensitive" in values:
+        tenant_set_sensitive(tenant=tenant, sensitive=bool(values["sensitive"]), actor=actor)
     changes = {name: [getattr(tenant, name), values[name]] for name in SETTINGS_FIELDS
                if name in values and getattr(tenant, name) != values[name]}
     if not changes:
@@ -157,4 +161,16 @@ def tenant_settings_update(*, tenant: Tenant, values: dict[str, int], actor: Act
     tenant.save(update_fields=list(changes))
     audit_record(tenant_id=tenant.pk, actor=actor, action="tenant.settings_update", target_type="tenant",
                  target_id=tenant.pk, payload={"changes": changes})
+    return tenant
+
+
+@transaction.atomic
+def tenant_set_sensitive(*, tenant: Tenant, sensitive: bool, actor: Actor) -> Tenant:
+    """Marks a tenant sensitive: from its next turn on, only the local model answers it."""
+    if tenant.sensitive == sensitive:
+        return tenant
+    tenant.sensitive = sensitive
+    tenant.save(update_fields=["sensitive"])
+    audit_record(tenant_id=tenant.pk, actor=actor, action="tenant.sensitivity_change", target_type="tenant",
+                 target_id=tenant.pk, payload={"sensitive": sensitive})
     return tenant

@@ -113,3 +113,22 @@ def page(browser: Any) -> Iterator[Any]:
     page.set_default_timeout(30_000)
     yield page
     context.close()
+
+
+@pytest.fixture
+def api_key_for() -> Any:
+    """Makes an API key for the OpenAI-compatible API and returns its plaintext.
+
+    `api_key_for(world.tenant_a, world.alice)` acts as Alice in tenant A. With the `asgi_server`
+    fixture, point any OpenAI client at f"{asgi_server}/v1" with this key; the test needs
+    `pytest.mark.django_db(transaction=True)` so daphne sees the key.
+    """
+    from audit.services import SYSTEM
+    from openai_api.services import api_key_create
+    from tenants.rls import tenant_context
+
+    def make(tenant: Any, user: Any, name: str = "test key") -> str:
+        with tenant_context(tenant.pk):
+            return api_key_create(tenant=tenant, name=name, user=user, created_by=None, actor=SYSTEM).plaintext
+
+    return make

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["deepseek_web", "tenants", "chat", "audit", "knowledge", "inference", "tests"]
+PACKAGES = ["deepseek_web", "tenants", "chat", "audit", "knowledge", "inference", "openai_api", "tests"]
 
 
 def test_it_type_checks_with_mypy() -> None:

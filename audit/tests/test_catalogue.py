@@ -219,6 +219,15 @@ def _retrieve(world) -> None:
     runtime.shutdown()
 
 
+def _revoke_api_key(world):
+    from openai_api.services import api_key_create
+
+    with tenant_context(world.tenant_a.pk):
+        key = api_key_create(tenant=world.tenant_a, name="CI", user=world.alice, created_by=world.bob,
+                             actor=alice(world)).key
+    return logged_in(world.bob).post(reverse("apikeys:revoke", args=[key.pk]))
+
+
 SCENARIOS: dict[str, Callable[..., object]] = {
     "auth.login": lambda w: Client().post(reverse("login"), {"username": "alice", "password": w.password}),
     "auth.login_failed": lambda w: Client().post(reverse("login"), {"username": "alice", "password": "wrong"}),
@@ -251,11 +260,19 @@ SCENARIOS: dict[str, Callable[..., object]] = {
     "membership.activate": _reactivate,
     "tenant.settings_update": lambda w: logged_in(w.bob).post(reverse("tenants:settings_update"), {
         "audit_retention_days": 90, "quota_messages_per_user_day": 10, "quota_tokens_per_month": 1000}),
+    # The tenant's current retention and quotas: only the flag changes.
+    "tenant.sensitivity_change": lambda w: logged_in(w.bob).post(reverse("tenants:settings_update"), {
+        "audit_retention_days": 180, "quota_messages_per_user_day": 200, "quota_tokens_per_month": 2_000_000,
+        "sensitive": "on"}),
     "tenant.switch": _switch,
     "knowledge_base.create": lambda w: logged_in(w.erin).post(reverse("knowledge:create"), {
         "name": "Handbook", "access_roles": ["employee"], "chunk_max_tokens": 256, "chunk_overlap_tokens": 32}),
     "knowledge_base.update": lambda w: logged_in(w.erin).post(reverse("knowledge:update", args=[_kb(w).pk]), {
         "name": "Handbook 2", "access_roles": ["employee"], "chunk_max_tokens": 256, "chunk_overlap_tokens": 32}),
+    "knowledge_base.sensitivity_change": lambda w: logged_in(w.erin).post(
+        reverse("knowledge:update", args=[_kb(w).pk]), {
+            "name": "Handbook", "access_roles": ["employee"], "chunk_max_tokens": 256, "chunk_overlap_tokens": 32,
+            "sensitive": "on"}),
     "knowledge_base.delete": lambda w: logged_in(w.erin).post(reverse("knowledge:delete", args=[_kb(w).pk])),
     "document.upload": lambda w: _upload(w, "a.md", b"# Hello"),
     "document.reject": lambda w: _upload(w, "empty.md", b""),
@@ -270,6 +287,8 @@ SCENARIOS: dict[str, Callable[..., object]] = {
     "source.sync": _source_sync,
     "conversation.knowledge_bases": _choose_knowledge,
     "message.retrieve": _retrieve,
+    "api_key.create": lambda w: logged_in(w.bob).post(reverse("apikeys:create"), {"name": "CI", "user": w.alice.pk}),
+    "api_key.revoke": _revoke_api_key,
 }
 
 
@@ -322,9 +341,13 @@ STATE_CHANGING |= {
     "knowledge:source_sync": "source.sync",
     "api:documents": "document.upload", "api:document": "document.delete",
     "chat:conversation_knowledge": "conversation.knowledge_bases",
+    "apikeys:create": "api_key.create", "apikeys:revoke": "api_key.revoke",
+    # One request of the OpenAI-compatible API is one turn, audited as the chat page's are.
+    "openai:chat_completions": "message.submit",
 }
 READ_ONLY = {"healthz", "chat:home", "chat:conversation_detail", "tenants:console", "knowledge:list",
-             "knowledge:detail", "knowledge:documents", "api:knowledge_bases"}
+             "knowledge:detail", "knowledge:documents", "api:knowledge_bases",
+             "apikeys:list", "openai:models", "openai:model"}
 
 
 def _names(resolver: URLResolver, namespace: str = "") -> set[str]:

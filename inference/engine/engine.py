@@ -1,10 +1,13 @@
 """One shared generation engine per worker: continuous batching, streaming, cancellation.
 
-Many threads submit requests to one `Engine`. With continuous batching, one transformers
-`ContinuousBatchingManager` runs every request in shared forward passes, and a single dispatcher
-thread routes its outputs to per-request handles. Where continuous batching is unavailable, a
-worker thread runs plain `model.generate` for one request at a time. Both paths feed the same
-detokenization and stop-string logic, so callers never see the difference.
+Many threads submit requests to one `Engine`. Three backends, tried in this order by "auto":
+- "static" (`slots.py`): our static-slot continuous batching with CUDA-graphed decode steps, for
+  Llama-family models. The fastest by far on the GPU (bench/gpu_generation.py).
+- "continuous": transformers' `ContinuousBatchingManager` runs every request in shared forward
+  passes, and a single dispatcher thread routes its outputs to per-request handles. Any model
+  type with paged attention support.
+- "simple": a worker thread runs plain `model.generate` for one request at a time.
+All of them feed the same detokenization and stop-string logic, so callers never see the difference.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 
-Batching = Literal["auto", "continuous", "simple"]
+Batching = Literal["auto", "static", "continuous", "simple"]
+BackendName = Literal["static", "continuous", "simple"]
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 # How long a consumer waits on an empty queue before checking the background thread is alive:
@@ -83,6 +87,10 @@ class RequestHandle:
         self._deltas: queue.Queue[Delta] = queue.Queue()
         self._done = threading.Event()
         self._lock = threading.Lock()
+        # Incremental detokenization state (see _text_of).
+        self._decoded = ""
+        self._prefix_offset = 0
+        self._read_offset = 0
 
     @property
     def finished(self) -> bool:
@@ -137,7 +145,7 @@ class RequestHandle:
             self.token_ids = list(generated)
             ended_by_eos = bool(generated) and generated[-1] in self._eos_ids
             content = generated[:-1] if ended_by_eos else generated
-            full = self._engine._decode(content)
+            full = self._text_of(content)
             stop_at = _find_stop(full, self.params.stop, len(self.text))
             hit_stop = stop_at is not None
             if stop_at is not None:
@@ -150,6 +158,29 @@ class RequestHandle:
         if hit_stop and not final:
             # The backend doesn't know about stop strings: free the request's slot now.
             self._engine._cancel_backend(self)
+
+    def _text_of(self, content: list[int]) -> str:
+        """The decoded text of `content`, the tokens so far, without decoding all of them again.
+
+        Decoding everything per token costs O(n) per token, which at 64 streams takes longer than
+        the GPU's decode step. So, as vLLM does, decode a short window that starts a few tokens
+        back and keep what the newest tokens add; a window ending in U+FFFD (a character split
+        across tokens) is left pending until the next token completes it.
+        """
+        if len(content) < self._read_offset:  # never expected: start over rather than be wrong
+            self._decoded, self._prefix_offset, self._read_offset = "", 0, 0
+        prefix = self._engine._decode(content[self._prefix_offset : self._read_offset])
+        window = self._engine._decode(content[self._prefix_offset :])
+        if not window.startswith(prefix):  # the tokenizer merged across the boundary: full decode
+            self._decoded = self._engine._decode(content)
+            self._prefix_offset = self._read_offset = len(content)
+            return self._decoded
+        tail = window[len(prefix) :]
+        if tail and not tail.endswith("\ufffd"):
+            self._decoded += tail
+            self._prefix_offset, self._read_offset = self._read_offset, len(content)
+            return self._decoded
+        return self._decoded + tail
 
     def _emit(self, text: str, finish_reason: FinishReason | None) -> None:
         """Queue the part of `text` not yet sent (caller holds the lock)."""
@@ -215,14 +246,27 @@ class Engine:
         batching: Batching = "auto",
         max_batch: int = 16,
         cb_options: dict[str, Any] | None = None,
+        max_context: int | None = None,
+        cache_bytes: int | None = None,
+        compile: bool | None = None,
     ) -> None:
-        """Start serving `model`; `cb_options` overrides ContinuousBatchingConfig fields."""
-        if batching not in ("auto", "continuous", "simple"):
-            raise ValueError(f"batching must be auto, continuous or simple, not {batching!r}")
+        """Start serving `model`.
+
+        `max_batch` caps concurrent requests. For the static backend, `max_context` is each slot's
+        length (default: the model's, at most 4096 on a GPU and 2048 on the CPU) and `cache_bytes`
+        its KV cache budget (default: 80% of free GPU memory less 4 GiB; 1 GiB on the CPU), which
+        may lower the slot count; `compile` fuses its small kernels with torch.compile (default: on CUDA). `cb_options` overrides ContinuousBatchingConfig fields.
+        """
+        if batching not in ("auto", "static", "continuous", "simple"):
+            raise ValueError(f"batching must be auto, static, continuous or simple, not {batching!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.cb_options = cb_options
+        self.max_context = max_context
+        self.cache_bytes = cache_bytes
+        self.compile = compile
+        self._slots: Any = None
         self.eos_ids = _eos_ids(model, tokenizer)
         self.sampling_in_batches = False  # True once CB accepts per-request temperature/top_p
         self._handles: dict[str, RequestHandle] = {}
@@ -233,8 +277,20 @@ class Engine:
         self._mgr: Any = None
         # Simple path only: (handle, prompt ids) jobs; None tells the worker to exit.
         self._jobs: queue.Queue[tuple[RequestHandle, list[int]] | None] = queue.Queue()
-        self.backend: Literal["continuous", "simple"] = "simple"
-        if batching in ("auto", "continuous"):
+        self.backend: BackendName = "simple"
+        if batching in ("auto", "static"):
+            reason = _static_unsupported(model)
+            try:
+                if reason:
+                    raise EngineError(reason)
+                self._start_static()
+            except Exception as exc:
+                self._stop_static()
+                if batching == "static":
+                    raise EngineError(f"static batching unavailable: {exc}") from exc
+                logger.info("Static batching unavailable (%s); trying transformers' continuous batching", exc)
+                self.backend = "simple"
+        if self.backend == "simple" and batching in ("auto", "continuous"):
             try:
                 self._start_continuous()
             except Exception as exc:
@@ -261,12 +317,15 @@ class Engine:
         max_batch: int = 16,
         batching: Batching = "auto",
         cb_options: dict[str, Any] | None = None,
+        quantization: str | None = "none",
+        **options: Any,
     ) -> Engine:
-        """Load a model folder and start serving it."""
+        """Load a model folder (optionally quantized: "int8", "int4") and start serving it;
+        `options` go to the constructor."""
         from .models import load_model
 
-        model, tokenizer = load_model(model_path, device=device, dtype=dtype)
-        return cls(model, tokenizer, batching=batching, max_batch=max_batch, cb_options=cb_options)
+        model, tokenizer = load_model(model_path, device=device, dtype=dtype, quantization=quantization)
+        return cls(model, tokenizer, batching=batching, max_batch=max_batch, cb_options=cb_options, **options)
 
     @classmethod
     def from_model(
@@ -276,10 +335,11 @@ class Engine:
         batching: Batching = "auto",
         max_batch: int = 16,
         cb_options: dict[str, Any] | None = None,
+        **options: Any,
     ) -> Engine:
         """Serve an already loaded model (tests use a tiny random one)."""
         model.eval()
-        return cls(model, tokenizer, batching=batching, max_batch=max_batch, cb_options=cb_options)
+        return cls(model, tokenizer, batching=batching, max_batch=max_batch, cb_options=cb_options, **options)
 
     # ------------------------------------------------------------------ public API
 
@@ -320,6 +380,9 @@ class Engine:
             while True:
                 # One lock around register + enqueue: the dispatcher may swap in a new manager.
                 with self._lock:
+                    if self.backend == "static":
+                        self._slots.submit(handle, prompt_ids)
+                        return handle
                     if self.backend == "simple":
                         self._handles[handle.id] = handle
                         self._jobs.put((handle, prompt_ids))
@@ -351,7 +414,9 @@ class Engine:
         if self._closed:
             return
         self._closed = True
-        if self.backend == "continuous":
+        if self.backend == "static":
+            self._stop_static()
+        elif self.backend == "continuous":
             self._stop_continuous()
         else:
             self._jobs.put(None)
@@ -377,7 +442,13 @@ class Engine:
     def _alive(self) -> bool:
         """Whether the background thread runs. The CB dispatcher outlives (and replaces) a dead
         batching loop, and exits only when it can't, so its thread alone tells."""
+        if self.backend == "static":
+            return self._slots is not None and self._slots.alive()
         return self._thread is not None and self._thread.is_alive()
+
+    def stats(self) -> dict[str, int]:
+        """Slot use of the static backend (empty for the others): tests and health pages read it."""
+        return self._slots.stats() if self._slots is not None else {}
 
     def _forget(self, handle: RequestHandle) -> None:
         with self._lock:
@@ -385,12 +456,35 @@ class Engine:
 
     def _cancel_backend(self, handle: RequestHandle) -> None:
         """Tell the backend to drop a request (user cancel, stop string, early EOS)."""
+        if self._slots is not None:
+            self._slots.cancel(handle)
         if self._mgr is not None:
             try:
                 self._mgr.cancel_request(handle.id)
             except Exception:  # the manager may be shutting down; the handle is ended anyway
                 logger.exception("cancel_request failed for %s", handle.id)
         # The simple path polls handle.cancel_requested / handle.finished between steps.
+
+    # ------------------------------------------------------------------ static slots
+
+    def _start_static(self) -> None:
+        """Size the slot cache, start the loop, and prove it with one tiny request."""
+        from .slots import SlotBackend
+
+        slots, context = _static_sizing(self.model, self.max_batch, self.max_context, self.cache_bytes)
+        self._slots = SlotBackend(self.model, self.eos_ids, slots=slots, max_context=context, compile=self.compile)
+        self.backend = "static"
+        self.sampling_in_batches = True
+        self._slots.warm_up()  # CUDA graphs for every batch bucket, before the first user waits
+        probe = self.submit([int(next(iter(self.eos_ids), 0))], SamplingParams(max_new_tokens=2))
+        if not probe.wait(timeout=120) or probe.finish_reason == "error":
+            raise EngineError(f"warmup request failed: {probe.error or 'timeout'}")
+        logger.info("static batching: %d slots of %d tokens", slots, context)
+
+    def _stop_static(self) -> None:
+        if self._slots is not None:
+            self._slots.close()
+            self._slots = None
 
     # ------------------------------------------------------------------ continuous batching
 
@@ -665,6 +759,40 @@ def _supported_kwargs(func: Any, **kwargs: Any) -> dict[str, Any]:
 
     params = inspect.signature(func).parameters
     return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _static_unsupported(model: Any) -> str | None:
+    from .slots import supports
+
+    return supports(model)
+
+
+def _static_sizing(model: Any, max_batch: int, max_context: int | None, cache_bytes: int | None) -> tuple[int, int]:
+    """(slots, context per slot) for the static cache within its memory budget."""
+    import torch
+
+    config = model.config
+    param = next(model.parameters())
+    on_cuda = param.device.type == "cuda"
+    model_context = int(getattr(config, "max_position_embeddings", 0) or 2048)
+    context = max_context or min(model_context, 4096 if on_cuda else 2048)
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    per_slot = 2 * int(config.num_hidden_layers) * kv_heads * head_dim * context * param.element_size()
+    if cache_bytes is None:
+        if on_cuda:
+            free, _total = torch.cuda.mem_get_info(param.device)
+            # Leave room for prefill activations, CUDA graphs and the allocator's slack.
+            cache_bytes = int(free * 0.8) - (4 << 30)
+        else:
+            cache_bytes = 1 << 30
+    slots = min(max_batch, cache_bytes // per_slot)
+    if slots < 1:
+        raise EngineError(
+            f"no room for one {context}-token slot ({per_slot >> 20} MiB) in a {max(cache_bytes, 0) >> 20} MiB cache budget"
+        )
+    return int(slots), int(context)
 
 
 def _cb_config(max_batch: int, on_cpu: bool, overrides: dict[str, Any] | None) -> tuple[Any, bool]:

@@ -140,10 +140,20 @@ def _torch_dtype(dtype: str | Any | None, device: str) -> Any:
     return dtype
 
 
-def load_model(path: Path | str, device: str = "cpu", dtype: str | Any | None = None) -> tuple[Any, Any]:
-    """Load a causal LM and its tokenizer from a local folder, in eval mode on `device`."""
+def load_model(
+    path: Path | str, device: str = "cpu", dtype: str | Any | None = None, quantization: str | None = "none"
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer from a local folder, in eval mode on `device`.
+
+    `quantization` ("none", "int8", "int4") converts the linear layers to weight-only integers
+    once the model sits on `device`, where the packed layouts must be built (see quantization.py).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .quantization import quantize_model, validate_quantization
+
+    # A typo in the mode fails here, before minutes of weight loading.
+    mode = validate_quantization(quantization)
     path = Path(path)
     if not path.is_dir():
         raise ModelNotFoundError(path)
@@ -156,4 +166,5 @@ def load_model(path: Path | str, device: str = "cpu", dtype: str | Any | None = 
     if device == "cpu":
         model.to(device)
     model.eval()
+    quantize_model(model, mode)
     return model, tokenizer

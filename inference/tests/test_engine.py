@@ -95,7 +95,7 @@ def references(tiny_model: Any, tokenizer: Any) -> dict[str, tuple[list[int], st
     return refs
 
 
-@pytest.fixture(scope="module", params=["continuous", "simple"])
+@pytest.fixture(scope="module", params=["static", "continuous", "simple"])
 def engine(request: pytest.FixtureRequest, tiny_model: Any, tokenizer: Any, references: Any) -> Iterator[Engine]:
     # `references` first: the greedy reference runs before any engine thread touches the model.
     eng = Engine.from_model(tiny_model, tokenizer, batching=request.param, max_batch=4)

@@ -124,3 +124,32 @@ def test_it_rejects_an_upload_without_files(world) -> None:
     kb = make_kb(world)
     response = client_for(world.erin).post(reverse("knowledge:upload", args=[kb.pk]))
     assert response.status_code == 400 and "Choose one or more files" in response.content.decode()
+
+
+def test_it_lets_a_knowledge_admin_mark_a_knowledge_base_sensitive_and_audits_it(world) -> None:
+    from audit.models import AuditEvent
+
+    erin = client_for(world.erin)
+    fields = {"name": "Payroll", "access_roles": ["owner"], "chunk_max_tokens": 256, "chunk_overlap_tokens": 32}
+    assert erin.post(reverse("knowledge:create"), {**fields, "sensitive": "on"}).status_code == 302
+    with tenant_context(world.tenant_a.pk):
+        kb = KnowledgeBase.objects.get(name="Payroll")
+    assert kb.sensitive
+    page = erin.get(reverse("knowledge:detail", args=[kb.pk])).content.decode()
+    assert 'name="sensitive" id="id_sensitive" checked' in page and 'id="kb-sensitive"' in page
+    assert erin.post(reverse("knowledge:update", args=[kb.pk]), fields).status_code == 302
+    with tenant_context(world.tenant_a.pk):
+        kb.refresh_from_db()
+        changes = list(AuditEvent.objects.filter(action="knowledge_base.sensitivity_change", target_id=str(kb.pk))
+                       .values_list("payload", flat=True))
+    assert not kb.sensitive and changes == [{"name": "Payroll", "sensitive": False}]
+    # Charlie, a knowledge admin of tenant B, gets 404 for it.
+    from tenants.models import Membership, Role
+
+    with tenant_context(world.tenant_b.pk):
+        Membership.objects.filter(user=world.charlie).update(role=Role.KNOWLEDGE_ADMIN)
+    response = client_for(world.charlie).post(reverse("knowledge:update", args=[kb.pk]), {**fields, "sensitive": "on"})
+    assert response.status_code == 404
+    with tenant_context(world.tenant_a.pk):
+        kb.refresh_from_db()
+    assert not kb.sensitive

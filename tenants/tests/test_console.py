@@ -107,3 +107,22 @@ def test_it_switches_between_the_users_tenants_only(world) -> None:
     assert client.post(reverse("tenants:switch"), {"tenant_id": world.tenant_b.pk}).status_code == 302
     assert client.get(reverse("audit:trail")).status_code == 200  # compliance in B
     assert client.post(reverse("tenants:switch"), {"tenant_id": 999999}).status_code == 404
+
+
+def test_it_lets_an_owner_mark_the_tenant_sensitive_and_audits_only_that(world) -> None:
+    from audit.models import AuditEvent
+
+    owner = logged_in(world.bob)
+    assert 'name="sensitive"' in owner.get(reverse("tenants:console")).content.decode()
+    current = {"audit_retention_days": 180, "quota_messages_per_user_day": 200, "quota_tokens_per_month": 2_000_000}
+    assert owner.post(reverse("tenants:settings_update"), {**current, "sensitive": "on"}).status_code == 302
+    world.tenant_a.refresh_from_db()
+    assert world.tenant_a.sensitive
+    assert 'name="sensitive" id="id_sensitive" checked' in owner.get(reverse("tenants:console")).content.decode()
+    owner.post(reverse("tenants:settings_update"), current)  # the box unticked
+    world.tenant_a.refresh_from_db()
+    assert not world.tenant_a.sensitive
+    with tenant_context(world.tenant_a.pk):
+        events = list(AuditEvent.objects.filter(action__startswith="tenant.").order_by("pk"))
+    assert [(e.action, e.payload) for e in events if e.action != "tenant.create"] == [
+        ("tenant.sensitivity_change", {"sensitive": True}), ("tenant.sensitivity_change", {"sensitive": False})]

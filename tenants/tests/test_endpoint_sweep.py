@@ -16,10 +16,12 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from audit.services import actor_for, audit_record
 from chat.models import Conversation, Message
 from knowledge.models import Chunk, Document, KnowledgeBase, KnowledgeSource
+from openai_api.models import ApiKey
 from tenants.models import Membership
 from tenants.rls import tenant_context
 
-SECRETS = ("B-SECRET-TITLE", "B-SECRET-CONTENT", "B-SECRET-AUDIT", "B-SECRET-KB", "B-SECRET-DOC", "B-SECRET-CHUNK")
+SECRETS = ("B-SECRET-TITLE", "B-SECRET-CONTENT", "B-SECRET-AUDIT", "B-SECRET-KB", "B-SECRET-DOC", "B-SECRET-CHUNK",
+           "B-SECRET-APIKEY")
 A_ROLES = ["alice", "erin", "dora", "bob"]  # employee, knowledge admin, compliance, owner
 
 
@@ -37,11 +39,13 @@ def tenant_b_objects(world) -> dict[str, int]:
                              text=SECRETS[5], content_hash="x")
         source = KnowledgeSource.objects.create(tenant=world.tenant_b, knowledge_base=kb, kind="url",
                                                 location="https://example.com/B-SECRET-KB")
+        api_key = ApiKey.objects.create(tenant=world.tenant_b, name=SECRETS[6], prefix="dsw-B", key_hash="b" * 64,
+                                        user=world.charlie)
     event = audit_record(tenant_id=world.tenant_b.pk, actor=actor_for(user_id=world.charlie.pk, role="employee"),
                          action="conversation.rename", target_id=conversation.pk, payload={"title": SECRETS[2]})
     return {"conversation": conversation.pk, "message": message.pk, "event": event.pk,
             "membership": membership.pk, "user": world.charlie.pk, "tenant": world.tenant_b.pk,
-            "kb": kb.pk, "document": document.pk, "source": source.pk}
+            "kb": kb.pk, "document": document.pk, "source": source.pk, "api_key": api_key.pk}
 
 
 Request = tuple[str, str, dict[str, Any]]
@@ -76,6 +80,7 @@ OBJECT_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
                                 ("post", reverse("api:documents", args=[b["kb"]]), {})],
     "api:document": lambda b: [("get", reverse("api:document", args=[b["document"]]), {}),
                                ("delete", reverse("api:document", args=[b["document"]]), {})],
+    "apikeys:revoke": lambda b: [("post", reverse("apikeys:revoke", args=[b["api_key"]]), {})],
 }
 # Endpoints without an object in the path: B's ids go in the query and the body instead.
 COLLECTION_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
@@ -99,6 +104,23 @@ COLLECTION_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
                                                                           "chunk_max_tokens": 256,
                                                                           "chunk_overlap_tokens": 32})],
     "api:knowledge_bases": lambda b: [("get", reverse("api:knowledge_bases"), {"tenant": b["tenant"]})],
+    "apikeys:list": lambda b: [("get", reverse("apikeys:list"), {"api_key": b["api_key"]})],
+    "apikeys:create": lambda b: [("post", reverse("apikeys:create"), {"name": "hijack", "user": b["user"],
+                                                                      "tenant": b["tenant"]})],
+}
+# The OpenAI-compatible API authenticates by bearer key: each is swept with tenant A's keys (one
+# per role) asking for B's knowledge base. Object requests must get 404 model_not_found.
+API_OBJECT_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
+    "openai:model": lambda b: [("get", reverse("openai:model", args=[f"deepseek-web:kb:{b['kb']}"]), {})],
+    "openai:chat_completions": lambda b: [
+        ("post", reverse("openai:chat_completions"), {
+            "model": f"deepseek-web:kb:{b['kb']}", "stream": stream, "user": str(b["user"]),
+            "messages": [{"role": "user", "content": f"Summarise conversation {b['conversation']}"}]})
+        for stream in (False, True)
+    ],
+}
+API_COLLECTION_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
+    "openai:models": lambda b: [("get", reverse("openai:models"), {"tenant": b["tenant"]})],
 }
 
 
@@ -117,7 +139,8 @@ def _names(resolver: URLResolver, namespace: str = "") -> set[str]:
 def test_it_has_a_sweep_case_for_every_url_and_websocket_route() -> None:
     from chat.routing import websocket_urlpatterns
 
-    assert _names(get_resolver()) == set(OBJECT_CASES) | set(COLLECTION_CASES)
+    assert _names(get_resolver()) == (set(OBJECT_CASES) | set(COLLECTION_CASES) | set(API_OBJECT_CASES)
+                                      | set(API_COLLECTION_CASES))
     # The one WebSocket route is swept below; a new route must get its own case here.
     assert [str(p.pattern) for p in websocket_urlpatterns] == ["ws/chat/<int:conversation_id>/"]
 
@@ -148,8 +171,39 @@ def test_it_refuses_tenant_b_objects_to_every_role_of_tenant_a(world, tenant_b_o
         assert KnowledgeBase.objects.get(pk=tenant_b_objects["kb"]).name == SECRETS[3]
         assert Document.objects.filter(pk=tenant_b_objects["document"]).exists()
         assert KnowledgeSource.objects.filter(pk=tenant_b_objects["source"]).exists()
+        assert ApiKey.objects.get(pk=tenant_b_objects["api_key"]).revoked_at is None
     world.tenant_b.refresh_from_db()
     assert world.tenant_b.audit_retention_days == 180
+
+
+@pytest.mark.parametrize("who", A_ROLES)
+def test_it_shows_tenant_a_api_keys_nothing_of_tenant_b(world, tenant_b_objects, who) -> None:
+    import json
+
+    from audit.services import SYSTEM
+    from openai_api.services import api_key_create
+
+    with tenant_context(world.tenant_a.pk):
+        key = api_key_create(tenant=world.tenant_a, name="k", user=getattr(world, who), created_by=None,
+                             actor=SYSTEM).plaintext
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+    for cases, statuses in ((API_OBJECT_CASES, (404,)), (API_COLLECTION_CASES, (200,))):
+        for name, make in cases.items():
+            for method, path, data in make(tenant_b_objects):
+                if method == "get":
+                    response = client.get(path, data)
+                else:
+                    response = client.post(path, json.dumps(data), content_type="application/json")
+                assert response.status_code in statuses, f"{who} {method} {name}: {response.status_code}"
+                assert not any(s in body_of(response) for s in SECRETS), f"{who} {method} {name} leaked"
+    # A session is no key: the API refuses it, whatever the role.
+    session = Client()
+    session.force_login(getattr(world, who))
+    assert session.get(reverse("openai:models")).status_code == 401
+    with tenant_context(world.tenant_b.pk):
+        assert Message.objects.count() == 1  # the fixture's own
+    with tenant_context(world.tenant_a.pk):
+        assert not Message.objects.exists()
 
 
 def test_it_keeps_tenant_b_out_of_django_admin_for_tenant_a_owners(world, tenant_b_objects) -> None:

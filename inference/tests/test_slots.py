@@ -1,0 +1,153 @@
+"""The static-slot backend on a tiny random Llama: exact batching, slot release, out-of-memory recovery.
+
+Run without Django: `python -m pytest inference/tests/test_slots.py -p no:django -q`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from inference.engine import Engine, SamplingParams
+
+# Fixtures (tokenizer, tiny_model, the Redis override) come from test_engine.
+from .test_engine import _clean_test_redis, models_dir, smollm_dir, tiny_model, tokenizer  # noqa: F401
+
+PROMPTS = [
+    "Hi",
+    "The quick brown fox jumps over the lazy dog and then",
+    "Once upon a time",
+    "In the beginning there was a small village by the sea where",
+    "Tell me about",
+    "A B C D E F G",
+]
+NEW_TOKENS = 20
+
+
+@pytest.fixture(scope="module")
+def greedy(tiny_model: Any, tokenizer: Any) -> dict[str, tuple[list[int], list[int]]]:
+    """Each prompt alone through plain greedy `generate`: (prompt ids, generated ids)."""
+    import torch
+
+    refs = {}
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.inference_mode():
+            out = tiny_model.generate(
+                ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            )
+        refs[prompt] = (ids[0].tolist(), out[0, ids.shape[1] :].tolist())
+    return refs
+
+
+@pytest.fixture
+def engine(tiny_model: Any, tokenizer: Any, greedy: Any) -> Iterator[Engine]:
+    eng = Engine.from_model(tiny_model, tokenizer, batching="static", max_batch=4, max_context=256)
+    assert eng.backend == "static"
+    yield eng
+    eng.close()
+
+
+def _run_all(engine: Engine, greedy: Any, prompts: list[str]) -> dict[str, list[int]]:
+    """Submit every prompt from its own thread at once and collect the generated ids."""
+    out: dict[str, list[int]] = {}
+    barrier = threading.Barrier(len(prompts))
+
+    def run(prompt: str) -> None:
+        barrier.wait(timeout=10)
+        handle = engine.submit(greedy[prompt][0], SamplingParams(max_new_tokens=NEW_TOKENS))
+        assert handle.wait(120)
+        assert handle.finish_reason in ("length", "stop"), handle.error
+        out[prompt] = handle.token_ids
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in prompts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return out
+
+
+def test_it_matches_unbatched_greedy_output_for_every_request(engine: Engine, greedy: Any) -> None:
+    # Six requests of different lengths on four slots: some wait, and join a running batch later.
+    out = _run_all(engine, greedy, PROMPTS)
+    assert out == {p: greedy[p][1] for p in PROMPTS}
+    assert engine.stats()["slots_in_use"] == 0
+
+
+def test_it_keeps_greedy_requests_exact_beside_a_sampled_one(engine: Engine, greedy: Any) -> None:
+    sampled = engine.submit(greedy[PROMPTS[0]][0], SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1.0))
+    out = _run_all(engine, greedy, PROMPTS[1:3])
+    assert sampled.wait(60) and sampled.finish_reason in ("length", "stop")
+    assert out == {p: greedy[p][1] for p in PROMPTS[1:3]}
+
+
+def test_it_frees_the_slot_the_moment_a_request_is_cancelled(engine: Engine, greedy: Any) -> None:
+    handle = engine.submit(greedy[PROMPTS[1]][0], SamplingParams(max_new_tokens=200))
+    stream = iter(handle)
+    assert not next(stream).finished
+    assert engine.stats()["slots_in_use"] == 1
+    handle.cancel()
+    assert engine.stats()["slots_in_use"] == 0  # at once, not after the next step
+    assert list(stream)[-1].finish_reason == "cancelled"
+    # The freed slot serves the next request correctly (its old cache rows are overwritten).
+    prompt_ids, expected = greedy[PROMPTS[3]]
+    follow = engine.submit(prompt_ids, SamplingParams(max_new_tokens=NEW_TOKENS))
+    assert follow.wait(60) and follow.token_ids == expected
+
+
+def test_it_shrinks_the_batch_and_retries_after_an_out_of_memory_error(engine: Engine, greedy: Any) -> None:
+    import torch
+
+    slots = engine._slots
+    injected: list[str] = []
+
+    def oom_once_when_full(where: str) -> None:
+        if where == "decode" and not injected and slots.stats()["slots_in_use"] == 4:
+            injected.append(where)
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
+
+    slots.fault_hook = oom_once_when_full
+    out = _run_all(engine, greedy, PROMPTS[:4])
+    assert injected == ["decode"]
+    stats = engine.stats()
+    assert stats["oom_events"] == 1 and stats["max_active"] == 2
+    # The preempted half was recomputed from prompt + generated tokens: nothing lost, nothing changed.
+    assert out == {p: greedy[p][1] for p in PROMPTS[:4]}
+
+
+def test_it_fails_only_the_request_that_cannot_fit_and_keeps_serving(engine: Engine, greedy: Any) -> None:
+    import torch
+
+    too_big = greedy[PROMPTS[3]][0]
+
+    def oom_for_the_long_prompt(where: str) -> None:
+        waiting = [r for r in engine._slots._owner if r is not None]
+        if where == "prefill" and any(r.original == too_big for r in waiting):
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
+
+    engine._slots.fault_hook = oom_for_the_long_prompt
+    handle = engine.submit(too_big, SamplingParams(max_new_tokens=NEW_TOKENS))
+    assert handle.wait(60)
+    assert handle.finish_reason == "error"
+    assert "out of GPU memory" in (handle.error or "") and "does not fit even alone" in (handle.error or "")
+    prompt_ids, expected = greedy[PROMPTS[2]]
+    follow = engine.submit(prompt_ids, SamplingParams(max_new_tokens=NEW_TOKENS))
+    assert follow.wait(60) and follow.token_ids == expected
+    assert engine._slots.alive()
+
+
+def test_it_refuses_a_prompt_longer_than_its_context(engine: Engine) -> None:
+    handle = engine.submit([1] * 300, SamplingParams(max_new_tokens=4))
+    assert handle.wait(10) and handle.finish_reason == "error"
+    assert "300 tokens" in (handle.error or "") and "256" in (handle.error or "")
+
+
+def test_it_ends_by_length_at_the_end_of_its_context(engine: Engine, greedy: Any) -> None:
+    handle = engine.submit([1] * 250, SamplingParams(max_new_tokens=50))
+    assert handle.wait(60) and handle.finish_reason in ("length", "stop")
+    assert len(handle.token_ids) <= 6

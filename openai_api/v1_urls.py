@@ -1,0 +1,14 @@
+"""OpenAI's paths, without trailing slashes: clients append "/models" and "/chat/completions" to a base URL."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from openai_api import views
+
+app_name = "openai"
+urlpatterns = [
+    path("models", views.model_list, name="models"),
+    path("models/<str:model_id>", views.model_detail, name="model"),
+    path("chat/completions", views.chat_completions, name="chat_completions"),
+]
