@@ -6,8 +6,9 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from django.conf import settings
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from inference.engine import CrossEncoderScorer, Embedder, Engine, SamplingParams
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _lock = threading.Lock()
 _engine: Engine | None = None
@@ -51,7 +53,7 @@ def get_engine() -> Engine:
         if _engine is None:
             from inference.engine import Engine
 
-            _engine = Engine.load(
+            _engine = _on_fresh_thread(lambda: Engine.load(
                 model_path(),
                 device=settings.MODEL_DEVICE,
                 dtype=settings.MODEL_DTYPE or None,
@@ -60,7 +62,7 @@ def get_engine() -> Engine:
                 max_batch=settings.MODEL_MAX_BATCH,
                 max_context=settings.MODEL_MAX_CONTEXT or None,
                 cache_bytes=(settings.MODEL_KV_CACHE_MB << 20) or None,
-            )
+            ))
         return _engine
 
 
@@ -70,7 +72,9 @@ def get_embedder() -> Embedder:
         if _embedder is None:
             from inference.engine import Embedder
 
-            _embedder = Embedder.load(settings.EMBEDDING_MODEL_PATH or None, device=settings.MODEL_DEVICE)
+            _embedder = _on_fresh_thread(
+                lambda: Embedder.load(settings.EMBEDDING_MODEL_PATH or None, device=settings.MODEL_DEVICE))
+            _embedder.runner = torch_call
         return _embedder
 
 
@@ -80,8 +84,37 @@ def get_reranker() -> CrossEncoderScorer:
         if _reranker is None:
             from inference.engine import CrossEncoderScorer
 
-            _reranker = CrossEncoderScorer.load(settings.KNOWLEDGE_RERANKER_PATH, device=settings.MODEL_DEVICE)
+            _reranker = _on_fresh_thread(
+                lambda: CrossEncoderScorer.load(settings.KNOWLEDGE_RERANKER_PATH, device=settings.MODEL_DEVICE))
+            _reranker.runner = torch_call
         return _reranker
+
+
+def torch_call(fn: Callable[[], T]) -> T:
+    """Run torch work on the chat engine's thread once the engine runs (Engine.call says why)."""
+    engine = _engine
+    return engine.call(fn) if engine is not None else fn()
+
+
+def _on_fresh_thread(fn: Callable[[], T]) -> T:
+    """Run a model load on a short-lived thread. Loading runs torch ops, which give the calling
+    thread an OpenMP team for as long as it lives; the worker's main thread lives for ever, and a
+    second team beside the engine's slows every CPU step (see SlotBackend.call)."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="model-load")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
 
 
 def shutdown_reranker() -> None:

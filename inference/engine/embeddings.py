@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,21 @@ def default_embedding_dir() -> Path:
     return Path(spec.origin).parent / "model"
 
 
+Runner = Callable[[Callable[[], Any]], Any]
+
+
+def _inline(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
 class Embedder:
     """A SentenceTransformer that returns plain lists of normalized floats."""
 
     def __init__(self, model: Any, path: Path) -> None:
         self.model = model
         self.path = path
+        # Where the torch work runs: the worker sets the engine's thread (Engine.call).
+        self.runner: Runner = _inline
         # Renamed in sentence-transformers 5.x; accept both spellings.
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dimension: int = int(get_dim())
@@ -44,13 +54,13 @@ class Embedder:
         """Unit-length vectors, so cosine similarity is a dot product (what pgvector indexes)."""
         if not texts:
             return []
-        vectors = self.model.encode(
+        vectors = self.runner(lambda: self.model.encode(
             list(texts),
             batch_size=batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
-        )
+        ))
         return [[float(x) for x in row] for row in vectors]
 
 
@@ -60,6 +70,7 @@ class CrossEncoderScorer:
     def __init__(self, model: Any, path: Path) -> None:
         self.model = model
         self.path = path
+        self.runner: Runner = _inline  # as Embedder.runner
 
     @classmethod
     def load(cls, path: str, device: str = "cpu") -> CrossEncoderScorer:
@@ -73,7 +84,8 @@ class CrossEncoderScorer:
     def score(self, query: str, passages: list[str]) -> list[float]:
         if not passages:
             return []
-        scores = self.model.predict([(query, p) for p in passages], show_progress_bar=False)
+        pairs = [(query, p) for p in passages]
+        scores = self.runner(lambda: self.model.predict(pairs, show_progress_bar=False))
         return [float(s) for s in scores]
 
 

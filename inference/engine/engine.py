@@ -18,10 +18,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -445,6 +447,14 @@ class Engine:
         if self.backend == "static":
             return self._slots is not None and self._slots.alive()
         return self._thread is not None and self._thread.is_alive()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run other torch work (embeddings, reranking) on the engine's own thread when it has
+        one (static batching; see SlotBackend.call for why), else right here."""
+        if self._slots is not None:
+            result: T = self._slots.call(fn)
+            return result
+        return fn()
 
     def stats(self) -> dict[str, int]:
         """Slot use of the static backend (empty for the others): tests and health pages read it."""

@@ -29,9 +29,9 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -101,8 +101,6 @@ class SlotBackend:
         prefill_tokens: int = _DEFAULT_PREFILL_TOKENS,
         compile: bool | None = None,
     ) -> None:
-        import torch
-
         reason = supports(model)
         if reason:
             raise ValueError(reason)
@@ -127,6 +125,32 @@ class SlotBackend:
         self._n_kv = int(getattr(config, "num_key_value_heads", None) or self._n_heads)
         self._head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self._n_heads)
         self._gqa = self._n_kv != self._n_heads
+        self._vocab = int(
+            config.get_text_config().vocab_size if hasattr(config, "get_text_config") else config.vocab_size
+        )
+
+        self._lock = threading.Condition()
+        self._waiting: deque[_Request] = deque()
+        self._owner: list[_Request | None] = [None] * slots
+        self._free: list[int] = list(range(slots))
+        heapq.heapify(self._free)
+        self._by_id: dict[str, _Request] = {}
+        self._closed = False
+        self._warm_request: threading.Event | None = None
+        self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
+        self._pending: deque[_Step] = deque()
+        # Everything that computes with torch happens on the loop's thread, the set-up included
+        # (see `call` for why one thread); the constructor waits for it.
+        ready: Future[None] = Future()
+        self._thread = threading.Thread(target=self._loop, args=(ready, compile), name="engine-slots", daemon=True)
+        self._thread.start()
+        ready.result()
+
+    def _setup(self, compile: bool | None) -> None:
+        """Fuse the weights, build the kernels and allocate the cache (on the loop's thread)."""
+        import torch
+
+        model, slots, max_context = self.model, self.slots, self.max_context
         # One GEMM instead of three (q, k, v) and two (gate, up) per layer: fewer kernels and
         # better bandwidth use at small batch. The model's own Linear layers keep working: their
         # weights become views into the fused ones, so no memory is duplicated.
@@ -143,8 +167,7 @@ class SlotBackend:
         self._positions = torch.zeros(slots, dtype=torch.long, device=self.device)
         self._arange = torch.arange(max_context, device=self.device)
         self._slot_ids = torch.arange(slots, device=self.device)
-        vocab = int(config.get_text_config().vocab_size if hasattr(config, "get_text_config") else config.vocab_size)
-        self._logits = torch.zeros(slots, vocab, dtype=torch.float32, device=self.device)
+        self._logits = torch.zeros(slots, self._vocab, dtype=torch.float32, device=self.device)
         pin = self.on_cuda
         # Host buffers for the asynchronous copies, one per step that can be in flight, plus one:
         # a buffer is reused only after the step that used it was delivered (synchronized).
@@ -154,18 +177,6 @@ class SlotBackend:
         self._flip = 0
         self._graphs: dict[tuple[int, int], Any] = {}
         self._graph_pool: Any = None
-
-        self._lock = threading.Condition()
-        self._waiting: deque[_Request] = deque()
-        self._owner: list[_Request | None] = [None] * slots
-        self._free: list[int] = list(range(slots))
-        heapq.heapify(self._free)
-        self._by_id: dict[str, _Request] = {}
-        self._closed = False
-        self._warm_request: threading.Event | None = None
-        self._pending: deque[_Step] = deque()
-        self._thread = threading.Thread(target=self._loop, name="engine-slots", daemon=True)
-        self._thread.start()
 
     # ------------------------------------------------------------------ public, any thread
 
@@ -205,6 +216,26 @@ class SlotBackend:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on this loop's thread, between two steps, and return its result.
+
+        Why: torch on the CPU runs each thread's work on that thread's own OpenMP team, and once
+        two teams exist libgomp stops spinning and sleeps between parallel regions (it sees more
+        threads than cores). On 2 cores a SmolLM2 step then takes ~57 ms instead of ~34 ms. So
+        the worker's other torch work (question and document embeddings, reranking) runs here,
+        on the one thread that already owns a team; each call delays the running requests' next
+        token by its own duration.
+        """
+        if threading.current_thread() is self._thread or not self.alive():
+            return fn()
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._closed:
+                return fn()
+            self._calls.append((fn, future))
+            self._lock.notify_all()
+        return future.result()
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -239,19 +270,35 @@ class SlotBackend:
 
     # ------------------------------------------------------------------ the loop thread
 
-    def _loop(self) -> None:
+    def _loop(self, ready: Future[None], compile: bool | None) -> None:
         import torch
 
+        try:
+            self._setup(compile)
+        except BaseException as exc:  # noqa: BLE001 - raised in the constructor
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
         try:
             with torch.inference_mode():
                 while True:
                     with self._lock:
-                        idle = not self._waiting and all(o is None for o in self._owner) and not self._pending
+                        idle = (
+                            not self._waiting and all(o is None for o in self._owner) and not self._pending
+                            and not self._calls
+                        )
                         if self._closed:
                             break
+                        calls = list(self._calls)
+                        self._calls.clear()
                         if idle and self._warm_request is None:
                             self._lock.wait(timeout=0.5)
                             continue
+                    for fn, future in calls:
+                        try:
+                            future.set_result(fn())
+                        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                            future.set_exception(exc)
                     warm = self._warm_request
                     if warm is not None:
                         self._warm_request = None
@@ -274,8 +321,15 @@ class SlotBackend:
             requests = list(self._by_id.values())
             self._by_id.clear()
             self._waiting.clear()
+            calls = list(self._calls)
+            self._calls.clear()
         for request in requests:
             request.handle._finish("error", reason)
+        for fn, future in calls:  # the loop is gone: run them on the caller's behalf
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
 
     def _release(self, request: _Request) -> None:
         """Give the request's slot back (caller holds the lock)."""

@@ -151,3 +151,14 @@ def test_it_ends_by_length_at_the_end_of_its_context(engine: Engine, greedy: Any
     handle = engine.submit([1] * 250, SamplingParams(max_new_tokens=50))
     assert handle.wait(60) and handle.finish_reason in ("length", "stop")
     assert len(handle.token_ids) <= 6
+
+
+def test_it_runs_other_torch_work_on_its_own_thread_between_steps(engine: Engine, greedy: Any) -> None:
+    # Embeddings and reranking go through Engine.call: on the CPU a second thread computing with
+    # torch would give OpenMP a second team and slow every decode step (SlotBackend.call).
+    assert engine.call(threading.current_thread) is engine._slots._thread
+    handle = engine.submit(greedy[PROMPTS[1]][0], SamplingParams(max_new_tokens=NEW_TOKENS))
+    assert engine.call(lambda: 6 * 7) == 42  # served while a request runs
+    with pytest.raises(ZeroDivisionError):
+        engine.call(lambda: 1 / 0)
+    assert handle.wait(60) and handle.token_ids == greedy[PROMPTS[1]][1]
