@@ -481,8 +481,21 @@ class Engine:
         """Size the slot cache, start the loop, and prove it with one tiny request."""
         from .slots import SlotBackend
 
+        import torch
+
         slots, context = _static_sizing(self.model, self.max_batch, self.max_context, self.cache_bytes)
-        self._slots = SlotBackend(self.model, self.eos_ids, slots=slots, max_context=context, compile=self.compile)
+        while True:
+            try:
+                self._slots = SlotBackend(
+                    self.model, self.eos_ids, slots=slots, max_context=context, compile=self.compile
+                )
+                break
+            except torch.OutOfMemoryError:
+                # Free memory was measured, but other processes share the GPU: fewer slots, again.
+                if slots == 1:
+                    raise
+                slots //= 2
+                logger.warning("out of memory allocating the KV cache; retrying with %d slots", slots)
         self.backend = "static"
         self.sampling_in_batches = True
         self._slots.warm_up()  # CUDA graphs for every batch bucket, before the first user waits

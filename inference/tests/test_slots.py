@@ -162,3 +162,27 @@ def test_it_runs_other_torch_work_on_its_own_thread_between_steps(engine: Engine
     with pytest.raises(ZeroDivisionError):
         engine.call(lambda: 1 / 0)
     assert handle.wait(60) and handle.token_ids == greedy[PROMPTS[1]][1]
+
+
+def test_it_starts_with_fewer_slots_when_the_cache_does_not_fit(
+    tiny_model: Any, tokenizer: Any, greedy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from inference.engine.slots import SlotBackend
+
+    setup = SlotBackend._setup
+
+    def oom_above_two_slots(self: SlotBackend, compile: bool | None) -> None:
+        if self.slots > 2:  # an injected out-of-memory error, as a crowded GPU would raise
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
+        setup(self, compile)
+
+    monkeypatch.setattr(SlotBackend, "_setup", oom_above_two_slots)
+    eng = Engine.from_model(tiny_model, tokenizer, batching="static", max_batch=8, max_context=256)
+    try:
+        assert eng.backend == "static" and eng.stats()["slots"] == 2
+        out = _run_all(eng, greedy, PROMPTS[:3])  # three requests on two slots: one waits
+        assert out == {p: greedy[p][1] for p in PROMPTS[:3]}
+    finally:
+        eng.close()
