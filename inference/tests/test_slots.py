@@ -186,3 +186,17 @@ def test_it_starts_with_fewer_slots_when_the_cache_does_not_fit(
         assert out == {p: greedy[p][1] for p in PROMPTS[:3]}
     finally:
         eng.close()
+
+
+def test_it_gives_the_same_tokens_with_its_small_kernels_compiled(
+    tiny_model: Any, tokenizer: Any, greedy: Any
+) -> None:
+    # The GPU default: norms, rotary with the cache writes, and the activation through torch.compile.
+    eng = Engine.from_model(tiny_model, tokenizer, batching="static", max_batch=4, max_context=256, compile=True)
+    try:
+        assert eng._slots._ops._rope_write is not eng._slots._ops._rope_write_eager
+        out = _run_all(eng, greedy, PROMPTS[:3])
+        assert out == {p: greedy[p][1] for p in PROMPTS[:3]}
+        assert eng._slots._ops._rope_write is not eng._slots._ops._rope_write_eager  # no fallback was needed
+    finally:
+        eng.close()
