@@ -257,7 +257,8 @@ class Engine:
         `max_batch` caps concurrent requests. For the static backend, `max_context` is each slot's
         length (default: the model's, at most 4096 on a GPU and 2048 on the CPU) and `cache_bytes`
         its KV cache budget (default: 80% of free GPU memory less 4 GiB; 1 GiB on the CPU), which
-        may lower the slot count; `compile` fuses its small kernels with torch.compile (default: on CUDA). `cb_options` overrides ContinuousBatchingConfig fields.
+        may lower the slot count; `compile` fuses its small kernels with torch.compile (default:
+        on CUDA). `cb_options` overrides ContinuousBatchingConfig fields.
         """
         if batching not in ("auto", "static", "continuous", "simple"):
             raise ValueError(f"batching must be auto, static, continuous or simple, not {batching!r}")
@@ -281,10 +282,7 @@ class Engine:
         self._jobs: queue.Queue[tuple[RequestHandle, list[int]] | None] = queue.Queue()
         self.backend: BackendName = "simple"
         if batching in ("auto", "static"):
-            reason = _static_unsupported(model)
             try:
-                if reason:
-                    raise EngineError(reason)
                 self._start_static()
             except Exception as exc:
                 self._stop_static()
@@ -478,31 +476,20 @@ class Engine:
     # ------------------------------------------------------------------ static slots
 
     def _start_static(self) -> None:
-        """Size the slot cache, start the loop, and prove it with one tiny request."""
+        """Start the slot backend (it checks the model and sizes its cache) and prove it with one
+        tiny request."""
         from .slots import SlotBackend
 
-        import torch
-
-        slots, context = _static_sizing(self.model, self.max_batch, self.max_context, self.cache_bytes)
-        while True:
-            try:
-                self._slots = SlotBackend(
-                    self.model, self.eos_ids, slots=slots, max_context=context, compile=self.compile
-                )
-                break
-            except torch.OutOfMemoryError:
-                # Free memory was measured, but other processes share the GPU: fewer slots, again.
-                if slots == 1:
-                    raise
-                slots //= 2
-                logger.warning("out of memory allocating the KV cache; retrying with %d slots", slots)
+        self._slots = SlotBackend.start(
+            self.model, self.eos_ids, max_batch=self.max_batch, max_context=self.max_context,
+            cache_bytes=self.cache_bytes, compile=self.compile,
+        )
         self.backend = "static"
         self.sampling_in_batches = True
-        self._slots.warm_up()  # CUDA graphs for every batch bucket, before the first user waits
         probe = self.submit([int(next(iter(self.eos_ids), 0))], SamplingParams(max_new_tokens=2))
         if not probe.wait(timeout=120) or probe.finish_reason == "error":
             raise EngineError(f"warmup request failed: {probe.error or 'timeout'}")
-        logger.info("static batching: %d slots of %d tokens", slots, context)
+        logger.info("static batching: %d slots of %d tokens", self._slots.slots, self._slots.max_context)
 
     def _stop_static(self) -> None:
         if self._slots is not None:
@@ -782,40 +769,6 @@ def _supported_kwargs(func: Any, **kwargs: Any) -> dict[str, Any]:
 
     params = inspect.signature(func).parameters
     return {k: v for k, v in kwargs.items() if k in params}
-
-
-def _static_unsupported(model: Any) -> str | None:
-    from .slots import supports
-
-    return supports(model)
-
-
-def _static_sizing(model: Any, max_batch: int, max_context: int | None, cache_bytes: int | None) -> tuple[int, int]:
-    """(slots, context per slot) for the static cache within its memory budget."""
-    import torch
-
-    config = model.config
-    param = next(model.parameters())
-    on_cuda = param.device.type == "cuda"
-    model_context = int(getattr(config, "max_position_embeddings", 0) or 2048)
-    context = max_context or min(model_context, 4096 if on_cuda else 2048)
-    heads = int(config.num_attention_heads)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-    per_slot = 2 * int(config.num_hidden_layers) * kv_heads * head_dim * context * param.element_size()
-    if cache_bytes is None:
-        if on_cuda:
-            free, _total = torch.cuda.mem_get_info(param.device)
-            # Leave room for prefill activations, CUDA graphs and the allocator's slack.
-            cache_bytes = int(free * 0.8) - (4 << 30)
-        else:
-            cache_bytes = 1 << 30
-    slots = min(max_batch, cache_bytes // per_slot)
-    if slots < 1:
-        raise EngineError(
-            f"no room for one {context}-token slot ({per_slot >> 20} MiB) in a {max(cache_bytes, 0) >> 20} MiB cache budget"
-        )
-    return int(slots), int(context)
 
 
 def _cb_config(max_batch: int, on_cpu: bool, overrides: dict[str, Any] | None) -> tuple[Any, bool]:

@@ -101,9 +101,7 @@ class SlotBackend:
         prefill_tokens: int = _DEFAULT_PREFILL_TOKENS,
         compile: bool | None = None,
     ) -> None:
-        reason = supports(model)
-        if reason:
-            raise ValueError(reason)
+        """A started backend with exactly these sizes (`start` checks the model and sizes them)."""
         self.model = model
         self.eos_ids = eos_ids
         self.device = next(model.parameters()).device
@@ -136,7 +134,6 @@ class SlotBackend:
         heapq.heapify(self._free)
         self._by_id: dict[str, _Request] = {}
         self._closed = False
-        self._warm_request: threading.Event | None = None
         self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._pending: deque[_Step] = deque()
         # Everything that computes with torch happens on the loop's thread, the set-up included
@@ -177,6 +174,42 @@ class SlotBackend:
         self._flip = 0
         self._graphs: dict[tuple[int, int], Any] = {}
         self._graph_pool: Any = None
+
+    @classmethod
+    def start(
+        cls,
+        model: Any,
+        eos_ids: set[int],
+        *,
+        max_batch: int,
+        max_context: int | None,
+        cache_bytes: int | None,
+        compile: bool | None,
+    ) -> SlotBackend:
+        """Check the model, size the cache within its budget, start, and capture the graphs.
+
+        Out of memory while allocating halves the slots and tries again: free memory was measured,
+        but other processes may share the GPU.
+        """
+        import torch
+
+        from .engine import EngineError
+
+        reason = supports(model)
+        if reason:
+            raise EngineError(reason)
+        slots, context = _cache_sizing(model, max_batch, max_context, cache_bytes)
+        while True:
+            try:
+                backend = cls(model, eos_ids, slots=slots, max_context=context, compile=compile)
+                break
+            except torch.OutOfMemoryError:
+                if slots == 1:
+                    raise
+                slots //= 2
+                logger.warning("out of memory allocating the KV cache; retrying with %d slots", slots)
+        backend.warm_up()
+        return backend
 
     # ------------------------------------------------------------------ public, any thread
 
@@ -255,18 +288,9 @@ class SlotBackend:
             }
 
     def warm_up(self) -> None:
-        """Capture the decode graphs for every batch bucket at the shortest context (CUDA only)."""
-        if not self.cuda_graphs:
-            return
-        with self._lock:
-            busy = any(owner is not None for owner in self._owner)
-        if busy:
-            return
-        done = threading.Event()
-        self._warm_request = done
-        with self._lock:
-            self._lock.notify_all()
-        done.wait(timeout=600)
+        """Capture every decode graph now, on the loop's thread, before a request needs one (CUDA)."""
+        if self.cuda_graphs:
+            self.call(self._capture_all)
 
     # ------------------------------------------------------------------ the loop thread
 
@@ -289,21 +313,12 @@ class SlotBackend:
                         )
                         if self._closed:
                             break
-                        calls = list(self._calls)
-                        self._calls.clear()
-                        if idle and self._warm_request is None:
+                        if idle:
                             self._lock.wait(timeout=0.5)
                             continue
-                    for fn, future in calls:
-                        try:
-                            future.set_result(fn())
-                        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                            future.set_exception(exc)
-                    warm = self._warm_request
-                    if warm is not None:
-                        self._warm_request = None
-                        self._capture_all()
-                        warm.set()
+                        calls = list(self._calls)
+                        self._calls.clear()
+                    _run_calls(calls)
                     self._admit()
                     step = self._launch()
                     if step is not None:
@@ -325,11 +340,7 @@ class SlotBackend:
             self._calls.clear()
         for request in requests:
             request.handle._finish("error", reason)
-        for fn, future in calls:  # the loop is gone: run them on the caller's behalf
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                future.set_exception(exc)
+        _run_calls(calls)  # the loop is gone: run them on the callers' behalf
 
     def _release(self, request: _Request) -> None:
         """Give the request's slot back (caller holds the lock)."""
@@ -403,9 +414,6 @@ class SlotBackend:
         h = ops.norm(0, x)
         for i, layer in enumerate(self._layers):
             q, k, v = self._qkv(i, h)
-            q = q.view(n, width, self._n_heads, self._head_dim).transpose(1, 2)
-            k = k.view(n, width, self._n_kv, self._head_dim).transpose(1, 2)
-            v = v.view(n, width, self._n_kv, self._head_dim).transpose(1, 2)
             q, k = ops.rope(q, k, cos, sin)
             # Right padding past a prompt's end writes junk beyond its length: masked, then overwritten.
             self.k_cache[i][slot_index, :, :width] = k
@@ -492,9 +500,6 @@ class SlotBackend:
         h = ops.norm(0, x)
         for i, layer in enumerate(self._layers):
             q, k, v = self._qkv(i, h)
-            q = q.view(batch, 1, self._n_heads, self._head_dim).transpose(1, 2)
-            k = k.view(batch, 1, self._n_kv, self._head_dim).transpose(1, 2)
-            v = v.view(batch, 1, self._n_kv, self._head_dim).transpose(1, 2)
             k_cache, v_cache = self.k_cache[i], self.v_cache[i]
             q = ops.rope_write(q, k, v, cos, sin, k_cache, v_cache, slots, positions)
             o = F.scaled_dot_product_attention(
@@ -507,24 +512,31 @@ class SlotBackend:
         tokens.copy_(logits.argmax(dim=-1))
 
     def _qkv(self, i: int, h: Any) -> tuple[Any, Any, Any]:
+        """Layer i's q, k and v for hidden states [batch, tokens, hidden], as [batch, heads, tokens, dim]."""
         import torch.nn.functional as F
 
-        fused = self._fused[i]
-        if fused is None or fused[0] is None:
+        qkv = self._fused[i][0]
+        if qkv is None:
             attn = self._layers[i].self_attn
-            return attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
-        weight, bias, sizes = fused[0]
-        q, k, v = F.linear(h, weight, bias).split(sizes, dim=-1)
-        return q, k, v
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        else:
+            weight, bias, sizes = qkv
+            q, k, v = F.linear(h, weight, bias).split(sizes, dim=-1)
+        batch, tokens = h.shape[0], h.shape[1]
+        return (
+            q.view(batch, tokens, self._n_heads, self._head_dim).transpose(1, 2),
+            k.view(batch, tokens, self._n_kv, self._head_dim).transpose(1, 2),
+            v.view(batch, tokens, self._n_kv, self._head_dim).transpose(1, 2),
+        )
 
     def _mlp(self, i: int, h: Any) -> Any:
         import torch.nn.functional as F
 
-        fused = self._fused[i]
+        gate_up = self._fused[i][1]
         mlp = self._layers[i].mlp
-        if fused is None or fused[1] is None:
+        if gate_up is None:
             return mlp(h)
-        weight, _bias, sizes = fused[1]
+        weight, _bias, sizes = gate_up
         gate, up = F.linear(h, weight).split(sizes, dim=-1)
         return mlp.down_proj(self._ops.act_mul(mlp.act_fn, gate, up))
 
@@ -608,7 +620,7 @@ class SlotBackend:
     # ---- out of memory
 
     def _on_oom(self, requests: list[_Request], exc: BaseException, where: str) -> None:
-        """Shrink the batch and retry: the newest requests go back to the queue, their tokens kept.
+        """Shrink the batch and retry: requests go back to the queue with their tokens kept.
 
         A request that fails alone can't be served at all and ends as an error.
         """
@@ -627,14 +639,16 @@ class SlotBackend:
                 )
             logger.error("out of memory in %s; failed %d request(s) that can't fit alone", where, len(live))
             return
-        keep = max(1, len(live) // 2)
         with self._lock:
-            self.max_active = max(1, min(self.max_active, len(live)) // 2) if where == "decode" else self.max_active
-            if where == "prefill":
+            if where == "decode":
+                self.max_active = max(1, min(self.max_active, len(live)) // 2)
+                # Preempt the half in the highest slots, so the running batch shrinks to a lower
+                # graph bucket (recomputed on re-admission): their cache rows are dropped, the
+                # prompt becomes prompt + what was generated, and the handle keeps streaming.
+                victims = sorted(live, key=lambda r: r.slot if r.slot is not None else -1)[max(1, len(live) // 2):]
+            else:  # prefill: a smaller prefill step, and this batch back to the queue as it was
                 self.prefill_tokens = max(1, self.prefill_tokens // 2)
-            # Preempt the newest half (recompute on re-admission): their cache rows are dropped,
-            # the prompt becomes prompt + what was generated, and the handle keeps streaming.
-            victims = sorted(live, key=lambda r: r.slot if r.slot is not None else -1)[keep:] if where == "decode" else live
+                victims = live
             for request in reversed(victims):
                 self._release(request)
                 request.prompt = request.original + request.generated
@@ -647,6 +661,46 @@ class SlotBackend:
 
 
 _Fused = tuple[Any, Any, list[int]]  # (weight, bias or None, output sizes)
+
+
+def _cache_sizing(model: Any, max_batch: int, max_context: int | None, cache_bytes: int | None) -> tuple[int, int]:
+    """(slots, context per slot) for the static cache within its memory budget."""
+    import torch
+
+    from .engine import EngineError
+
+    config = model.config
+    param = next(model.parameters())
+    on_cuda = param.device.type == "cuda"
+    model_context = int(getattr(config, "max_position_embeddings", 0) or 2048)
+    context = max_context or min(model_context, 4096 if on_cuda else 2048)
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    per_slot = 2 * int(config.num_hidden_layers) * kv_heads * head_dim * context * param.element_size()
+    if cache_bytes is None:
+        if on_cuda:
+            free, _total = torch.cuda.mem_get_info(param.device)
+            # Leave room for prefill activations, CUDA graphs and the allocator's slack.
+            cache_bytes = int(free * 0.8) - (4 << 30)
+        else:
+            cache_bytes = 1 << 30
+    slots = min(max_batch, cache_bytes // per_slot)
+    if slots < 1:
+        raise EngineError(
+            f"no room for one {context}-token slot ({per_slot >> 20} MiB) in a"
+            f" {max(cache_bytes, 0) >> 20} MiB cache budget"
+        )
+    return int(slots), int(context)
+
+
+def _run_calls(calls: list[tuple[Callable[[], Any], Future[Any]]]) -> None:
+    """Run queued `SlotBackend.call` functions, handing each result or exception to its caller."""
+    for fn, future in calls:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            future.set_exception(exc)
 
 
 def _fuse_linears(modules: list[Any], allow_bias: bool) -> _Fused | None:
@@ -670,7 +724,8 @@ def _fuse_linears(modules: list[Any], allow_bias: bool) -> _Fused | None:
     return weight, bias, sizes
 
 
-def _fuse_layer(layer: Any) -> tuple[_Fused | None, _Fused | None] | None:
+def _fuse_layer(layer: Any) -> tuple[_Fused | None, _Fused | None]:
+    """(q/k/v, gate/up) fused for one decoder layer; None where that pair can't be."""
     attn, mlp = layer.self_attn, layer.mlp
     qkv = _fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj], allow_bias=True)
     gate_up = None
