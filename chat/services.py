@@ -245,8 +245,9 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
             sensitive = routing.sensitivity_reason(tenant_id=tenant_id,
                                                    knowledge_base_ids=_turn_knowledge_base_ids(message))
         # The local engine or a remote backend (inference.routing); both stream the same Deltas.
+        control = _TurnControl(message)
         route = routing.chat_route(messages=history, params=_sampling_params(message), sensitive=sensitive,
-                                   should_stop=_WaitControl(message))
+                                   should_stop=control)
         handle = route.handle
     except Exception as exc:  # noqa: BLE001 - any load/prompt failure ends this turn, not the worker
         logger.exception("turn %s failed before generation", message.pk)
@@ -255,7 +256,6 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
     message.backend = route.backend
 
     parts: list[str] = []
-    last_control = last_beat = time.monotonic()
     first_token_at: float | None = None
     status, error = Message.Status.DONE, ""
     finish_reason: str | None = None
@@ -273,15 +273,8 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
             elif delta.finish_reason == "error":
                 status, error = Message.Status.FAILED, f"The model failed while writing: {delta.error}"
             break
-        now = time.monotonic()
-        if now - last_control >= CONTROL_INTERVAL_S:
-            last_control = now
-            if streams.is_cancel_requested(message):
-                handle.cancel()
-        if now - last_beat >= HEARTBEAT_INTERVAL_S:
-            last_beat = now
-            with tenant_context(tenant_id):
-                Message.objects.filter(pk=message.pk).update(updated_at=timezone.now())
+        if control():
+            handle.cancel()  # idempotent: the Stop flag stays set
 
     finished = time.monotonic()
     routing.local_latency_record(route)
@@ -320,10 +313,11 @@ def _sampling_params(message: Message) -> SamplingParams:
     return dataclasses.replace(params, **chosen)
 
 
-class _WaitControl:
-    """Polled while routing waits for a remote backend's first token (up to its first-token
-    timeout, for each backend tried): it reads the Stop flag, and touches the row, so the stale-
-    turn sweeper does not take a long wait for a dead worker."""
+class _TurnControl:
+    """Polled while a turn runs: while routing waits for a remote backend's first token (up to its
+    first-token timeout, for each backend tried), and after every delta. It reads the Stop flag
+    at most every CONTROL_INTERVAL_S, and touches the row every HEARTBEAT_INTERVAL_S, so the
+    stale-turn sweeper does not take a long wait, or a long answer, for a dead worker."""
 
     def __init__(self, message: Message) -> None:
         self.message = message
