@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inference.engine import Engine, SamplingParams, default_model_dir  # noqa: E402
+from engine_streams import run_streams  # noqa: E402 - bench/ is the script's own folder
 
 
 def main() -> None:
@@ -71,32 +71,10 @@ def main() -> None:
     for batching, streams in [(b, s) for b in args.batching for s in args.streams]:
         engine = Engine.from_model(model, tokenizer, batching=batching, max_batch=max(args.streams))
         engine.generate(prompt, SamplingParams(max_new_tokens=4))  # warm-up
-        results: list[tuple[float, float, float, int]] = []
-        lock = threading.Lock()
-
-        def consume() -> None:
-            submitted = time.perf_counter()
-            first = None
-            count = 0
-            # No stop strings and greedy decoding; an end-of-sequence token may still end a request
-            # early, so tok/s counts what was generated.
-            for delta in engine.submit(prompt, SamplingParams(max_new_tokens=args.new_tokens)):
-                if first is None and delta.token_count:
-                    first = time.perf_counter()
-                count = delta.token_count
-            with lock:
-                results.append((submitted, first or time.perf_counter(), time.perf_counter(), count))
-
-        threads = [threading.Thread(target=consume) for _ in range(streams)]
-        t0 = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - t0
-        tok_s = sum(r[3] for r in results) / wall
-        ttft = statistics.median((first - sub) * 1000 for sub, first, _, _ in results)
-        tpot = statistics.median((end - first) / max(n - 1, 1) * 1000 for _, first, end, n in results)
+        # No stop strings and greedy decoding; an end-of-sequence token may still end a request
+        # early, so tok/s counts what was generated.
+        result = run_streams(engine, [prompt] * streams, args.new_tokens)
+        tok_s, ttft, tpot = result["tok_s"], result["ttft_p50"], result["tpot_ms"]
         print(f"{'our engine, ' + batching:<24}{streams:>8}{tok_s:>9.1f}{tok_s / baseline:>7.2f}x{ttft:>13.1f}"
               f"{tpot:>9.1f}", flush=True)
         engine.close()

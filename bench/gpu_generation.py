@@ -24,9 +24,7 @@ Run (from the repository root, on the GPU machine):
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inference.engine.engine import Engine, SamplingParams  # noqa: E402 - after the path is set
+from engine_streams import run_streams  # noqa: E402 - bench/ is the script's own folder
 
 
 def build_model(layers: int) -> tuple[Any, Any]:
@@ -112,40 +111,6 @@ def hf_continuous(model: Any, prompts: list[list[int]], new: int) -> dict[str, f
     seconds = time.perf_counter() - t0
     tokens = sum(len(r.generated_tokens) for r in results.values())
     return {"tok_s": tokens / seconds}
-
-
-def our_engine(engine: Engine, prompts: list[list[int]], new: int) -> dict[str, float]:
-    results: list[tuple[float, float, float, int]] = []  # submitted, first token, finished, tokens
-    lock = threading.Lock()
-
-    def consume(prompt: list[int]) -> None:
-        submitted = time.perf_counter()
-        first = None
-        handle = engine.submit(prompt, SamplingParams(max_new_tokens=new))
-        count = 0
-        for delta in handle:
-            if first is None and delta.token_count:
-                first = time.perf_counter()
-            count = delta.token_count
-            if delta.finished:
-                if delta.finish_reason == "error":
-                    raise RuntimeError(delta.error)
-                break
-        with lock:
-            results.append((submitted, first or time.perf_counter(), time.perf_counter(), count))
-
-    threads = [threading.Thread(target=consume, args=(p,)) for p in prompts]
-    t0 = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - t0
-    ttft = sorted((first - sub) * 1000 for sub, first, _, _ in results)
-    tpot = [(end - first) / max(n - 1, 1) * 1000 for _, first, end, n in results]
-    return {"tok_s": sum(n for *_, n in results) / wall, "ttft_p50": ttft[len(ttft) // 2],
-            "ttft_p99": ttft[min(len(ttft) - 1, int(len(ttft) * 0.99))], "tpot_ms": statistics.median(tpot),
-            "tokens": sum(n for *_, n in results)}
 
 
 def step_times(engine: Engine, roof: Roofline, contexts: list[int]) -> None:
@@ -238,8 +203,8 @@ def main() -> None:
         engine = Engine.from_model(model, tokenizer, batching="continuous", max_batch=baseline_streams,
                                    cb_options={"use_cuda_graph": True})
         try:
-            our_engine(engine, prompts[:4], 8)
-            result = our_engine(engine, prompts[:baseline_streams], args.new_tokens)
+            run_streams(engine, prompts[:4], 8)
+            result = run_streams(engine, prompts[:baseline_streams], args.new_tokens)
         finally:
             engine.close()
         rows.append(("transformers CB + CUDA graphs", baseline_streams, result))
@@ -255,8 +220,8 @@ def main() -> None:
         print(f"engine ({engine.backend}, {streams} slots) ready in {time.perf_counter() - t0:.1f} s {engine.stats()}",
               flush=True)
         try:
-            our_engine(engine, prompts[: min(streams, 4)], 8)  # warm-up at this batch size
-            result = our_engine(engine, prompts[:streams], args.new_tokens)
+            run_streams(engine, prompts[: min(streams, 4)], 8)  # warm-up at this batch size
+            result = run_streams(engine, prompts[:streams], args.new_tokens)
             if streams == max(args.streams) and engine.backend == "static":
                 step_times(engine, roof, sorted({256, context}))
             if streams == 1:
@@ -310,9 +275,9 @@ def quantized(args: Any, reference: Any, tokenizer: Any, prompts: list[list[int]
         agree = (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item()
         engine = Engine.from_model(model, tokenizer, batching="static", max_batch=64, max_context=context)
         try:
-            our_engine(engine, prompts[:2], 4)
-            one = our_engine(engine, prompts[:1], args.quant_tokens)
-            many = our_engine(engine, prompts[:64], args.quant_tokens)
+            run_streams(engine, prompts[:2], 4)
+            one = run_streams(engine, prompts[:1], args.quant_tokens)
+            many = run_streams(engine, prompts[:64], args.quant_tokens)
         finally:
             engine.close()
         rows.append((mode, weights, delta, agree, one, many))
