@@ -41,7 +41,7 @@ def _clean_test_redis() -> Iterator[None]:
     """Tests own Redis database DSW_REDIS_DB (1 under `./dsw test`); start and end it empty."""
     from django.conf import settings
 
-    from chat.streams import sync_client
+    from deepseek_web.redis_client import sync_client
 
     assert not settings.REDIS_URL.endswith("db=0"), "tests must not use the run command's Redis database"
     client = sync_client()

@@ -59,7 +59,7 @@ def prepare() -> tuple[str, int, int]:
     from django.test import Client
 
     from chat.models import Conversation
-    from chat.streams import sync_client
+    from deepseek_web.redis_client import sync_client
     from tenants.models import Membership, Tenant
     from tenants.rls import tenant_context
 
@@ -117,7 +117,7 @@ def main() -> None:
                                "-P", "threads", "-c", "4", "-n", "bench-gpu@%h"], cwd=ROOT, env=env, **quiet)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", 60)
-        from chat.streams import sync_client
+        from deepseek_web.redis_client import sync_client
         from deepseek_web.celery import GPU_READY_KEY
 
         deadline = time.monotonic() + 300

@@ -329,7 +329,7 @@ def prepare(storage_dir: Path) -> tuple[Any, Any]:
     from django.contrib.auth import get_user_model
     from django.db import connection
 
-    from chat.streams import sync_client
+    from deepseek_web.redis_client import sync_client
     from knowledge.models import Chunk, KnowledgeBase
     from tenants.models import Tenant
     from tenants.rls import as_owner, tenant_context
@@ -347,7 +347,7 @@ def prepare(storage_dir: Path) -> tuple[Any, Any]:
 
 def start_workers(log: Any) -> list[subprocess.Popen[bytes]]:
     """The `gpu` and `ingest` workers with `./dsw run`'s options (deepseek_web/cli.py)."""
-    from chat.streams import sync_client
+    from deepseek_web.redis_client import sync_client
     from deepseek_web.celery import GPU_READY_KEY
 
     sync_client().delete(GPU_READY_KEY)

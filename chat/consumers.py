@@ -56,7 +56,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.membership, self.conversation = found
-        self.redis = streams.async_client()
+        self.redis = streams.reader_client()
         self.relays: dict[int, asyncio.Task[None]] = {}
         await self.accept()
 

@@ -19,26 +19,17 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from deepseek_web.redis_client import async_client, sync_client
+
 if TYPE_CHECKING:
     from chat.models import Message
 
-_sync_client: redis.Redis | None = None
-
-
-def sync_client() -> redis.Redis:
-    global _sync_client
-    if _sync_client is None:
-        _sync_client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
-    return _sync_client
-
-
-def async_client() -> aioredis.Redis:
-    # One per caller (a consumer connection): asyncio clients are bound to the loop that made them.
-    # The socket timeout must exceed read_after's blocking time (redis-py's default is 5 s).
-    return aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True, socket_timeout=READ_BLOCK_MS / 1000 + 25)
-
-
 READ_BLOCK_MS = 5000
+
+
+def reader_client() -> aioredis.Redis:
+    """A new asyncio client for one reader of streams (see `read_after`); the caller closes it."""
+    return async_client(socket_timeout=READ_BLOCK_MS / 1000 + 25)
 
 
 def _name(message: Message) -> str:

@@ -46,7 +46,7 @@ def _load_models_on_gpu_worker(sender: object, **_: object) -> None:
         from inference import runtime
 
         runtime.warm_up()
-        from chat.streams import sync_client
+        from deepseek_web.redis_client import sync_client
 
         sync_client().set(GPU_READY_KEY, "1")
 

@@ -98,7 +98,7 @@ def wait_ready(url: str, timeout: float) -> bool:
     """Waits until daphne answers and the gpu worker has loaded its models."""
     import urllib.request
 
-    from chat.streams import sync_client
+    from deepseek_web.redis_client import sync_client
 
     deadline = time.monotonic() + timeout
     web = worker = False
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         setup_django()
         prepare_database()
-        from chat.streams import sync_client
+        from deepseek_web.redis_client import sync_client
         from knowledge.services import demo_knowledge_seed
         from tenants.models import Tenant
         from tenants.services import demo_tenant_seed

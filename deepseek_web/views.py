@@ -4,7 +4,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from chat import streams
+from deepseek_web.redis_client import sync_client
 
 
 @require_GET
@@ -17,7 +17,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
     except Exception as exc:  # noqa: BLE001 - health reports, never raises
         checks["database"] = f"error: {type(exc).__name__}"
     try:
-        streams.sync_client().ping()
+        sync_client().ping()
         checks["redis"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["redis"] = f"error: {type(exc).__name__}"

@@ -23,7 +23,7 @@ async def turn_entries(reply: Message,
     early (the client went away), the turn is stopped in the engine, as the Stop button does:
     nobody is left to read the answer.
     """
-    client = streams.async_client()
+    client = streams.reader_client()
     last_seq, ended = 0, False
     quiet_since = time.monotonic()
     try:
