@@ -197,20 +197,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Sends every entry after `last_seq`, in order, until the turn's end entry."""
         message_id = message.pk
         try:
-            while True:
-                entries = await streams.read_after(self.redis, message, last_seq)
-                if not entries and await self._final_without_stream(message, last_seq):
-                    return
-                for entry in entries:
-                    last_seq = entry.seq
-                    if entry.kind == "token":
-                        await self._send_json(type="chunk", message_id=message_id, seq=entry.seq,
-                                              text=entry.fields.get("text", ""))
-                    elif entry.kind == "reset":
-                        await self._send_json(type="reset", message_id=message_id, seq=entry.seq)
-                    elif entry.kind == "end":
-                        await self._send_end(message_id, entry.seq)
-                        return
+            async for entry in streams.follow(self.redis, message, last_seq,
+                                              is_final=lambda: self._is_final(message_id)):
+                if entry.kind == "token":
+                    await self._send_json(type="chunk", message_id=message_id, seq=entry.seq,
+                                          text=entry.fields.get("text", ""))
+                elif entry.kind == "reset":
+                    await self._send_json(type="reset", message_id=message_id, seq=entry.seq)
+                elif entry.kind == "end":
+                    await self._send_end(message_id, entry.seq)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - a relay failure must not kill the socket
@@ -219,15 +214,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         finally:
             self.relays.pop(message_id, None)
 
-    async def _final_without_stream(self, message: Message, last_seq: int) -> bool:
-        """A finished turn whose stream has expired: send the stored answer instead."""
-        if await self.redis.exists(streams.stream_key(message)):
-            return False
-        current = await self._get_message(message.pk)
-        if current is None or not current.is_final:
-            return False
-        await self._send_end(message.pk, last_seq)
-        return True
+    async def _is_final(self, message_id: int) -> bool:
+        current = await self._get_message(message_id)
+        return current is not None and current.is_final
 
     @database_sync_to_async
     def _get_message(self, message_id: int) -> Message | None:

@@ -54,7 +54,8 @@ class Message(TenantOwned):
     reply_to = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
     # How many times a worker has started this turn; a redelivered turn is retried once.
     attempts = models.PositiveSmallIntegerField(default=0)
-    backend = models.CharField(max_length=100, blank=True)
+    # The backend that answered (inference.routing): "local:<model>" or a remote server's name.
+    served_by = models.CharField(max_length=100, blank=True)
     token_count = models.PositiveIntegerField(default=0)
     timings = models.JSONField(default=dict, blank=True)
     citations = models.JSONField(default=list, blank=True)

@@ -12,6 +12,8 @@ Entry kinds:
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +34,7 @@ def reader_client() -> aioredis.Redis:
     return async_client(socket_timeout=READ_BLOCK_MS / 1000 + 25)
 
 
-def _name(message: Message) -> str:
+def _stream_id(message: Message) -> str:
     # The row id alone is not unique for ever: a database restored from a backup (or recreated)
     # reuses ids while Redis still holds the streams of the lost rows. With the creation time, a
     # new message can never replay an old message's chunks.
@@ -40,11 +42,11 @@ def _name(message: Message) -> str:
 
 
 def stream_key(message: Message) -> str:
-    return f"dsw:stream:msg:{_name(message)}"
+    return f"dsw:stream:msg:{_stream_id(message)}"
 
 
 def cancel_key(message: Message) -> str:
-    return f"dsw:cancel:msg:{_name(message)}"
+    return f"dsw:cancel:msg:{_stream_id(message)}"
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,36 @@ async def read_after(
     if not result:
         return []
     return _parse(result[0][1])
+
+
+async def follow(client: aioredis.Redis, message: Message, last_seq: int, *,
+                 is_final: Callable[[], Awaitable[bool]],
+                 keepalive_s: float | None = None) -> AsyncIterator[StreamEntry]:
+    """Every entry numbered above `last_seq`, in order, up to and including the turn's `end`.
+
+    The one loop that follows a reply live: the chat page's WebSocket and the API's SSE relay
+    both read through it. A turn whose stream expired after it ended (`is_final` says so, from
+    the stored row) yields one bare `end` numbered `last_seq`. With `keepalive_s`, a `keepalive`
+    entry (numbered 0) comes whenever nothing else came for that long, so a caller can keep an
+    idle connection open while the turn waits for a worker.
+    """
+    quiet_since = time.monotonic()
+    while True:
+        entries = await read_after(client, message, last_seq)
+        if not entries:
+            if not await client.exists(stream_key(message)) and await is_final():
+                yield StreamEntry(seq=last_seq, kind="end", fields={})
+                return
+            if keepalive_s is not None and time.monotonic() - quiet_since >= keepalive_s:
+                quiet_since = time.monotonic()
+                yield StreamEntry(seq=0, kind="keepalive", fields={})
+            continue
+        quiet_since = time.monotonic()
+        for entry in entries:
+            last_seq = entry.seq
+            yield entry
+            if entry.kind == "end":
+                return
 
 
 def read_all(message: Message) -> list[StreamEntry]:

@@ -99,6 +99,7 @@ INSTALLED_APPS = [
     "axes",
     "tenants",
     "audit",
+    "console",
     "knowledge",
     "chat",
     "inference",
@@ -190,13 +191,12 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "ingest"
 CELERY_TASK_ROUTES = {
     "chat.tasks.*": {"queue": "gpu"},
-    "inference.tasks.*": {"queue": "gpu"},
     # Embedding needs the models, so it runs where they are loaded; parsing and chunking do not.
     "knowledge.tasks.embed_document": {"queue": "gpu"},
     "knowledge.tasks.*": {"queue": "ingest"},
     "audit.tasks.*": {"queue": "ingest"},
 }
-# A turn whose worker dies is redelivered once (see chat.services.message_generate).
+# A turn whose worker dies is redelivered once (see chat.turns.message_generate).
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

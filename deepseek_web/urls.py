@@ -17,7 +17,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("audit/", include("audit.urls")),
     path("settings/api-keys/", include("openai_api.urls")),
-    path("settings/", include("tenants.urls")),
+    path("settings/", include("console.urls")),
     path("knowledge/", include("knowledge.urls")),
     path("api/v1/", include("knowledge.api_urls")),
     # The OpenAI-compatible API, at the path OpenAI clients expect under a base URL.

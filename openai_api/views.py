@@ -165,10 +165,10 @@ class _Answer:
             return
         extra: dict[str, Any] = {"citations": message.citations} if message.citations else {}
         yield self._chunk({}, finish=wire.finish_reason(message.timings.get("finish_reason")),
-                          fingerprint=message.backend or None, **extra)
+                          fingerprint=message.served_by or None, **extra)
         if self.completion.include_usage:
             yield wire.sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                            "model": self.completion.model, "system_fingerprint": message.backend or None,
+                            "model": self.completion.model, "system_fingerprint": message.served_by or None,
                             "choices": [], "usage": self._usage(message)})
 
     async def result(self) -> dict[str, Any]:
@@ -184,5 +184,5 @@ class _Answer:
         return wire.completion(
             completion_id=self.id, created=self.created, model=self.completion.model, content=message.content,
             finish=wire.finish_reason(message.timings.get("finish_reason")), usage=self._usage(message),
-            fingerprint=message.backend or None, **extra,
+            fingerprint=message.served_by or None, **extra,
         )

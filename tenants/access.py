@@ -21,5 +21,13 @@ def membership_get_active(
     return memberships.order_by("id").first()
 
 
+def membership_get_exact(user: User | AnonymousUser, tenant_id: int) -> Membership | None:
+    """The user's active membership in exactly this tenant, or None (no fallback to another)."""
+    if not user.is_authenticated:
+        return None
+    return Membership.objects.select_related("tenant").filter(user=user, is_active=True,
+                                                              tenant_id=tenant_id).first()
+
+
 def tenants_for_user(user: User) -> list[Tenant]:
     return [m.tenant for m in Membership.objects.select_related("tenant").filter(user=user, is_active=True)]

@@ -52,7 +52,7 @@ def test_it_streams_deltas_that_make_the_completed_text(world, asgi_server, gpu_
     assert usage is not None and usage.completion_tokens == reply.token_count <= 24
     assert usage.prompt_tokens == reply.timings["prompt_tokens"] > 0
     assert reply.conversation.source == Conversation.Source.API and reply.conversation.user_id == world.alice.pk
-    assert reply.backend
+    assert reply.served_by
 
     # Greedy by default: the same question without streaming gets the same text, in one object.
     completion = client.chat.completions.create(model="deepseek-web", messages=QUESTION, max_tokens=24)
@@ -61,7 +61,7 @@ def test_it_streams_deltas_that_make_the_completed_text(world, asgi_server, gpu_
     assert completion.choices[0].finish_reason == finish
     assert completion.usage is not None and completion.usage.total_tokens == (
         completion.usage.prompt_tokens + completion.usage.completion_tokens)
-    assert completion.system_fingerprint == stored(world.tenant_a, completion.id).backend
+    assert completion.system_fingerprint == stored(world.tenant_a, completion.id).served_by
     with tenant_context(world.tenant_a.pk):
         assert ApiKey.objects.get().last_used_at is not None
 

@@ -19,7 +19,7 @@ from chat import services
 from chat.models import Conversation, Message
 from inference.engine import SamplingParams
 from inference.engine.backends import RemoteBackend, RemoteConfig, Timeouts
-from tenants import services as tenant_services
+from console import services as tenant_services
 from tenants.rls import tenant_context
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -92,9 +92,9 @@ def test_it_routes_a_chat_turn_to_the_second_instance_and_records_it(
     # own turn (tenant B's, sensitive) the same worker answers with the local model.
     reply = wait_final(reply)
     assert reply.status == Message.Status.DONE, reply.error
-    assert reply.backend == "twin"
+    assert reply.served_by == "twin"
     assert [(c["name"], c["outcome"]) for c in reply.timings["routing"]["candidates"]] == [("twin", "served")]
     served = api_turn(world.tenant_b)
-    assert served.backend.startswith("local:") and served.timings["routing"]["sensitive"]
+    assert served.served_by.startswith("local:") and served.timings["routing"]["sensitive"]
     assert reply.content == served.content != "" and reply.token_count == served.token_count <= 24
     assert reply.timings["prompt_tokens"] == served.timings["prompt_tokens"] > 0

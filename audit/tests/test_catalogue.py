@@ -18,8 +18,9 @@ from audit.catalogue import CATALOGUE
 from audit.models import AuditEvent
 from audit.services import actor_for
 from chat import services as chat_services
+from chat import turns as chat_turns
 from chat.models import Conversation, Message
-from tenants import services as tenant_services
+from console import services as tenant_services
 from tenants.models import Tenant
 from tenants.rls import tenant_context
 
@@ -61,7 +62,7 @@ def _stale(world) -> None:
     reply = submit(world)
     with tenant_context(world.tenant_a.pk):
         Message.objects.filter(pk=reply.pk).update(status="streaming", updated_at=timezone.now() - timedelta(days=1))
-    chat_services.turns_sweep_stale()
+    chat_turns.turns_sweep_stale()
 
 
 def _membership(world, user) -> int:
@@ -74,13 +75,13 @@ def _membership(world, user) -> int:
 
 def _reactivate(world) -> None:
     client = logged_in(world.bob)
-    client.post(reverse("tenants:member_active", args=[_membership(world, world.alice)]), {"active": "0"})
-    client.post(reverse("tenants:member_active", args=[_membership(world, world.alice)]), {"active": "1"})
+    client.post(reverse("console:membership_set_active", args=[_membership(world, world.alice)]), {"active": "0"})
+    client.post(reverse("console:membership_set_active", args=[_membership(world, world.alice)]), {"active": "1"})
 
 
 def _switch(world) -> None:
     tenant_services.membership_create(tenant=world.tenant_b, user=world.alice, role="employee", actor=alice(world))
-    logged_in(world.alice).post(reverse("tenants:switch"), {"tenant_id": world.tenant_b.pk})
+    logged_in(world.alice).post(reverse("console:tenant_switch"), {"tenant_id": world.tenant_b.pk})
 
 
 def _prune(world) -> None:
@@ -215,7 +216,7 @@ def _retrieve(world) -> None:
     runtime.shutdown()
     # Retrieval runs before the engine is loaded: a missing model fails the turn after it, quickly.
     with override_settings(MODEL_PATH="/nonexistent/model"):
-        chat_services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+        chat_turns.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
     runtime.shutdown()
 
 
@@ -252,16 +253,16 @@ SCENARIOS: dict[str, Callable[..., object]] = {
     "audit.export": lambda w: b"".join(logged_in(w.dora).get(reverse("audit:export", args=["jsonl"]))),
     "audit.prune": _prune,
     "user.create": lambda w: logged_in(w.bob).post(
-        reverse("tenants:member_add"), {"username": "gina", "password": "a-Strong-passphrase-9", "role": "employee"}),
+        reverse("console:user_create"), {"username": "gina", "password": "a-Strong-passphrase-9", "role": "employee"}),
     "membership.role_change": lambda w: logged_in(w.bob).post(
-        reverse("tenants:member_role", args=[_membership(w, w.alice)]), {"role": "compliance"}),
+        reverse("console:membership_change_role", args=[_membership(w, w.alice)]), {"role": "compliance"}),
     "membership.deactivate": lambda w: logged_in(w.bob).post(
-        reverse("tenants:member_active", args=[_membership(w, w.alice)]), {"active": "0"}),
+        reverse("console:membership_set_active", args=[_membership(w, w.alice)]), {"active": "0"}),
     "membership.activate": _reactivate,
-    "tenant.settings_update": lambda w: logged_in(w.bob).post(reverse("tenants:settings_update"), {
+    "tenant.settings_update": lambda w: logged_in(w.bob).post(reverse("console:tenant_settings_update"), {
         "audit_retention_days": 90, "quota_messages_per_user_day": 10, "quota_tokens_per_month": 1000}),
     # The tenant's current retention and quotas: only the flag changes.
-    "tenant.sensitivity_change": lambda w: logged_in(w.bob).post(reverse("tenants:settings_update"), {
+    "tenant.sensitivity_change": lambda w: logged_in(w.bob).post(reverse("console:tenant_settings_update"), {
         "audit_retention_days": 180, "quota_messages_per_user_day": 200, "quota_tokens_per_month": 2_000_000,
         "sensitive": "on"}),
     "tenant.switch": _switch,
@@ -327,9 +328,9 @@ STATE_CHANGING = {
     "audit:trail": "audit.view", "audit:event": "audit.view", "audit:export": "audit.export",
 }
 STATE_CHANGING |= {
-    "tenants:member_add": "user.create", "tenants:member_role": "membership.role_change",
-    "tenants:member_active": "membership.deactivate", "tenants:settings_update": "tenant.settings_update",
-    "tenants:switch": "tenant.switch",
+    "console:user_create": "user.create", "console:membership_change_role": "membership.role_change",
+    "console:membership_set_active": "membership.deactivate", "console:tenant_settings_update": "tenant.settings_update",
+    "console:tenant_switch": "tenant.switch",
 }
 STATE_CHANGING |= {
     "knowledge:create": "knowledge_base.create", "knowledge:update": "knowledge_base.update",
@@ -345,7 +346,7 @@ STATE_CHANGING |= {
     # One request of the OpenAI-compatible API is one turn, audited as the chat page's are.
     "openai:chat_completions": "message.submit",
 }
-READ_ONLY = {"healthz", "chat:home", "chat:conversation_detail", "tenants:console", "knowledge:list",
+READ_ONLY = {"healthz", "chat:home", "chat:conversation_detail", "console:home", "knowledge:list",
              "knowledge:detail", "knowledge:documents", "api:knowledge_bases",
              "apikeys:list", "openai:models", "openai:model"}
 

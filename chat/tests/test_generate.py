@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from audit.services import actor_for
-from chat import services, streams
+from chat import services, streams, turns
 from chat.models import Conversation, Message
 from tenants.rls import tenant_context
 
@@ -38,7 +38,7 @@ def update(message: Message, **fields: object) -> None:
 
 def test_it_streams_numbered_chunks_and_stores_the_final_answer(reply, use_model, tiny_model_dir) -> None:
     use_model(tiny_model_dir, CHAT_MAX_NEW_TOKENS=24)
-    services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+    turns.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
     refresh(reply)
     assert reply.status == Message.Status.DONE and reply.attempts == 1
     entries = streams.read_all(reply)
@@ -47,7 +47,7 @@ def test_it_streams_numbered_chunks_and_stores_the_final_answer(reply, use_model
     assert {e.kind for e in entries[:-1]} == {"token"}
     assert "".join(e.fields["text"] for e in entries[:-1]) == reply.content != ""
     assert 0 < reply.token_count <= 24
-    assert reply.backend.startswith("local:") and reply.timings["total_ms"] > 0
+    assert reply.served_by.startswith("local:") and reply.timings["total_ms"] > 0
 
 
 def test_it_fails_the_turn_with_the_reason_when_the_model_folder_is_missing(
@@ -56,7 +56,7 @@ def test_it_fails_the_turn_with_the_reason_when_the_model_folder_is_missing(
     missing = tmp_path / "no-such-model"
     use_model(str(missing))
     with caplog.at_level(logging.ERROR):
-        services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+        turns.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
     refresh(reply)
     assert reply.status == Message.Status.FAILED
     assert str(missing) in reply.error and "not available" in reply.error
@@ -75,7 +75,7 @@ def test_it_retries_once_a_turn_whose_worker_died(reply, use_model, tiny_model_d
     writer = streams.StreamWriter(reply)
     writer.token("half an ")
     writer.token("answer")
-    services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+    turns.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
     refresh(reply)
     assert reply.status == Message.Status.DONE and reply.attempts == 2
     kinds = [e.kind for e in streams.read_all(reply)]
@@ -85,7 +85,7 @@ def test_it_retries_once_a_turn_whose_worker_died(reply, use_model, tiny_model_d
 
 def test_it_fails_a_turn_whose_worker_died_twice(reply) -> None:
     update(reply, status=Message.Status.STREAMING, attempts=2)
-    services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+    turns.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
     refresh(reply)
     assert reply.status == Message.Status.FAILED and "stopped twice" in reply.error
 
@@ -93,7 +93,7 @@ def test_it_fails_a_turn_whose_worker_died_twice(reply) -> None:
 def test_it_ends_as_cancelled_when_stop_came_before_the_worker(reply, use_model, tiny_model_dir) -> None:
     use_model(tiny_model_dir)
     streams.cancel_request(reply)  # Stop pressed while the worker was picking the turn up
-    services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+    turns.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
     refresh(reply)
     assert reply.status == Message.Status.CANCELLED
 
@@ -103,9 +103,9 @@ def test_it_sweeps_a_turn_whose_worker_vanished(reply, settings) -> None:
         reply, status=Message.Status.STREAMING,
         updated_at=timezone.now() - timedelta(seconds=settings.CHAT_STALE_TURN_S + 5),
     )
-    assert services.turns_sweep_stale() == 1
+    assert turns.turns_sweep_stale() == 1
     refresh(reply)
-    assert reply.status == Message.Status.FAILED and reply.error == services.WORKER_DIED
+    assert reply.status == Message.Status.FAILED and reply.error == turns.WORKER_DIED
     assert streams.read_all(reply)[-1].fields["status"] == "failed"
 
 
@@ -115,14 +115,14 @@ def test_it_queues_a_lost_turn_once_more_then_fails_it_with_a_reason(
     long_ago = timezone.now() - timedelta(seconds=settings.CHAT_STALE_TURN_S + 5)
     update(reply, updated_at=long_ago)  # queued, and no worker ever started it
     with django_capture_on_commit_callbacks() as queued:
-        services.turns_sweep_stale()
+        turns.turns_sweep_stale()
     assert len(queued) == 1  # generate_reply sent again
     refresh(reply)
     assert reply.status == Message.Status.PENDING and reply.timings["requeued"] is True
 
     update(reply, updated_at=long_ago)  # the second copy was lost too
     with django_capture_on_commit_callbacks(execute=True):
-        services.turns_sweep_stale()
+        turns.turns_sweep_stale()
     refresh(reply)
-    assert reply.status == Message.Status.FAILED and reply.error == services.NEVER_STARTED
+    assert reply.status == Message.Status.FAILED and reply.error == turns.NEVER_STARTED
     assert streams.read_all(reply)[-1].fields["status"] == "failed"

@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from audit.models import AuditEvent
 from audit.services import SYSTEM, actor_for
-from chat import services
+from chat import services, turns
 from chat.models import Conversation, ConversationKnowledgeBase, Message
 from chat.prompts import SOURCES_INSTRUCTIONS, build_chat_messages
 from knowledge import services as knowledge_services
@@ -91,7 +91,7 @@ def submit(conversation: Conversation, text: str, django_capture_on_commit_callb
 
 
 def run_turn(reply: Message) -> Message:
-    services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+    turns.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
     with tenant_context(reply.tenant_id):
         return Message.objects.get(pk=reply.pk)
 

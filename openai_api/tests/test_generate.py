@@ -9,7 +9,7 @@ import pytest
 from django.conf import settings
 
 from audit.services import SYSTEM
-from chat import services as chat_services
+from chat import turns as chat_turns
 from chat import streams
 from chat.models import Message
 from chat.prompts import build_chat_messages
@@ -35,7 +35,7 @@ def submit(world, django_capture_on_commit_callbacks) -> Any:
 
 
 def generated(reply: Message) -> Message:
-    chat_services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+    chat_turns.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
     with tenant_context(reply.tenant_id):
         reply.refresh_from_db()
     return reply
@@ -63,7 +63,7 @@ def test_it_honours_max_tokens_and_stop_and_records_usage(submit, use_model, tin
     short = generated(submit({"messages": question, "max_tokens": 3}))
     assert short.status == Message.Status.DONE and 0 < short.token_count <= 3
     assert short.timings["finish_reason"] == "length" and short.timings["prompt_tokens"] > 5
-    assert short.backend
+    assert short.served_by
 
     full = generated(submit({"messages": question, "max_tokens": 24}))
     assert len(full.content) > 6

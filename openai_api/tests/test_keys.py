@@ -57,7 +57,7 @@ def test_it_shows_a_new_key_once_and_stores_only_its_hash_and_prefix(world) -> N
 
 
 def test_it_links_the_keys_page_from_the_console(world) -> None:
-    assert reverse("apikeys:list") in logged_in(world.bob).get(reverse("tenants:console")).content.decode()
+    assert reverse("apikeys:list") in logged_in(world.bob).get(reverse("console:home")).content.decode()
 
 
 def test_it_revokes_a_key_and_audits_it_once(world) -> None:

@@ -56,11 +56,11 @@ OBJECT_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
         ("post", reverse("chat:conversation_rename", args=[b["conversation"]]), {"title": "hijacked"})],
     "chat:conversation_delete": lambda b: [("post", reverse("chat:conversation_delete", args=[b["conversation"]]), {})],
     "audit:event": lambda b: [("get", reverse("audit:event", args=[b["event"]]), {})],
-    "tenants:member_role": lambda b: [
-        ("post", reverse("tenants:member_role", args=[b["membership"]]), {"role": "owner"})],
-    "tenants:member_active": lambda b: [
-        ("post", reverse("tenants:member_active", args=[b["membership"]]), {"active": "0"})],
-    "tenants:switch": lambda b: [("post", reverse("tenants:switch"), {"tenant_id": b["tenant"]})],
+    "console:membership_change_role": lambda b: [
+        ("post", reverse("console:membership_change_role", args=[b["membership"]]), {"role": "owner"})],
+    "console:membership_set_active": lambda b: [
+        ("post", reverse("console:membership_set_active", args=[b["membership"]]), {"active": "0"})],
+    "console:tenant_switch": lambda b: [("post", reverse("console:tenant_switch"), {"tenant_id": b["tenant"]})],
     "chat:conversation_knowledge": lambda b: [
         ("post", reverse("chat:conversation_knowledge", args=[b["conversation"]]), {"knowledge_base": [b["kb"]]})],
     "knowledge:detail": lambda b: [("get", reverse("knowledge:detail", args=[b["kb"]]), {})],
@@ -92,10 +92,10 @@ COLLECTION_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
         for fmt in ("jsonl", "csv")
     ],
     "healthz": lambda b: [("get", reverse("healthz"), {"id": b["conversation"]})],
-    "tenants:console": lambda b: [("get", reverse("tenants:console"), {"membership": b["membership"]})],
-    "tenants:member_add": lambda b: [("post", reverse("tenants:member_add"),
+    "console:home": lambda b: [("get", reverse("console:home"), {"membership": b["membership"]})],
+    "console:user_create": lambda b: [("post", reverse("console:user_create"),
                                       {"username": "charlie", "password": "x", "role": "owner"})],
-    "tenants:settings_update": lambda b: [("post", reverse("tenants:settings_update"),
+    "console:tenant_settings_update": lambda b: [("post", reverse("console:tenant_settings_update"),
                                            {"tenant": b["tenant"], "audit_retention_days": "5"})],
     "login": lambda b: [("get", reverse("login"), {"next": f"/c/{b['conversation']}/"})],
     "logout": lambda b: [("post", reverse("logout"), {"next": f"/c/{b['conversation']}/"})],
@@ -137,7 +137,7 @@ def _names(resolver: URLResolver, namespace: str = "") -> set[str]:
 
 
 def test_it_has_a_sweep_case_for_every_url_and_websocket_route() -> None:
-    from chat.routing import websocket_urlpatterns
+    from chat.websocket_urls import websocket_urlpatterns
 
     assert _names(get_resolver()) == (set(OBJECT_CASES) | set(COLLECTION_CASES) | set(API_OBJECT_CASES)
                                       | set(API_COLLECTION_CASES))
@@ -209,7 +209,7 @@ def test_it_shows_tenant_a_api_keys_nothing_of_tenant_b(world, tenant_b_objects,
 def test_it_keeps_tenant_b_out_of_django_admin_for_tenant_a_owners(world, tenant_b_objects) -> None:
     from django.contrib.auth.models import Permission
 
-    from tenants.services import OWNER_ADMIN_PERMISSIONS
+    from console.services import OWNER_ADMIN_PERMISSIONS
 
     world.bob.is_staff = True  # what membership_create gives an owner
     world.bob.save()

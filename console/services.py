@@ -1,3 +1,5 @@
+"""The owner's console writes: tenants, members and their roles, settings; each one audited."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -78,7 +80,7 @@ class MembershipError(ValueError):
 
 
 @transaction.atomic
-def member_create(*, tenant: Tenant, username: str, password: str, role: str, actor: Actor) -> Membership:
+def user_create(*, tenant: Tenant, username: str, password: str, role: str, actor: Actor) -> Membership:
     """A new user account, member of `tenant` with `role`. Caller holds the tenant context."""
     from django.contrib.auth.password_validation import validate_password
     from django.core.exceptions import ValidationError

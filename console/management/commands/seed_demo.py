@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from tenants.services import demo_tenant_seed
+from console.services import demo_tenant_seed
 
 
 class Command(BaseCommand):

@@ -1,3 +1,5 @@
+"""The chat WebSocket's URL (Channels' counterpart of urls.py; deepseek_web/asgi.py mounts it)."""
+
 from __future__ import annotations
 
 from django.urls import path

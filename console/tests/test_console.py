@@ -25,18 +25,18 @@ def membership_of(world, user, tenant=None) -> Membership:
 
 def test_it_lets_an_owner_add_a_user_change_the_role_and_deactivate(world) -> None:
     owner = logged_in(world.bob)
-    response = owner.post(reverse("tenants:member_add"),
+    response = owner.post(reverse("console:user_create"),
                           {"username": "gina", "password": "a-Strong-passphrase-9", "role": "employee"})
     assert response.status_code == 302
     from django.contrib.auth.models import User
 
     gina = User.objects.get(username="gina")
     assert membership_of(world, gina).role == "employee"
-    owner.post(reverse("tenants:member_role", args=[membership_of(world, gina).pk]), {"role": "compliance"})
+    owner.post(reverse("console:membership_change_role", args=[membership_of(world, gina).pk]), {"role": "compliance"})
     assert membership_of(world, gina).role == "compliance"
-    owner.post(reverse("tenants:member_active", args=[membership_of(world, gina).pk]), {"active": "0"})
+    owner.post(reverse("console:membership_set_active", args=[membership_of(world, gina).pk]), {"active": "0"})
     assert not membership_of(world, gina).is_active
-    page = owner.get(reverse("tenants:console")).content.decode()
+    page = owner.get(reverse("console:home")).content.decode()
     assert 'id="member-gina"' in page and "deactivated" in page
     # A deactivated member has no tenant any more.
     assert logged_in(gina).get(reverse("chat:home")).status_code == 403
@@ -44,14 +44,14 @@ def test_it_lets_an_owner_add_a_user_change_the_role_and_deactivate(world) -> No
 
 def test_it_refuses_weak_passwords_taken_names_and_losing_the_last_owner(world) -> None:
     owner = logged_in(world.bob)
-    response = owner.post(reverse("tenants:member_add"), {"username": "hank", "password": "123", "role": "employee"})
+    response = owner.post(reverse("console:user_create"), {"username": "hank", "password": "123", "role": "employee"})
     assert response.status_code == 400 and "too short" in response.content.decode()
-    response = owner.post(reverse("tenants:member_add"),
+    response = owner.post(reverse("console:user_create"),
                           {"username": "charlie", "password": "a-Strong-passphrase-9", "role": "employee"})
     assert response.status_code == 400 and "already taken" in response.content.decode()
-    response = owner.post(reverse("tenants:member_role", args=[membership_of(world, world.bob).pk]), {"role": "employee"})
+    response = owner.post(reverse("console:membership_change_role", args=[membership_of(world, world.bob).pk]), {"role": "employee"})
     assert response.status_code == 400 and "at least one active owner" in response.content.decode()
-    response = owner.post(reverse("tenants:member_active", args=[membership_of(world, world.bob).pk]), {"active": "0"})
+    response = owner.post(reverse("console:membership_set_active", args=[membership_of(world, world.bob).pk]), {"active": "0"})
     assert response.status_code == 400 and "yourself" in response.content.decode()
     assert membership_of(world, world.bob).role == "owner"
 
@@ -59,15 +59,15 @@ def test_it_refuses_weak_passwords_taken_names_and_losing_the_last_owner(world) 
 @pytest.mark.parametrize("who", ["alice", "erin", "dora"])
 def test_it_gives_403_on_the_console_to_everyone_but_owners(world, who) -> None:
     client = logged_in(getattr(world, who))
-    assert client.get(reverse("tenants:console")).status_code == 403
-    assert client.post(reverse("tenants:member_role", args=[membership_of(world, world.alice).pk]),
+    assert client.get(reverse("console:home")).status_code == 403
+    assert client.post(reverse("console:membership_change_role", args=[membership_of(world, world.alice).pk]),
                        {"role": "owner"}).status_code == 403
     assert membership_of(world, world.alice).role == "employee"
 
 
 def test_it_enforces_the_daily_message_quota_with_a_clear_message(world) -> None:
     owner = logged_in(world.bob)
-    owner.post(reverse("tenants:settings_update"),
+    owner.post(reverse("console:tenant_settings_update"),
                {"audit_retention_days": 180, "quota_messages_per_user_day": 2, "quota_tokens_per_month": 0})
     world.tenant_a.refresh_from_db()
     assert world.tenant_a.quota_messages_per_user_day == 2
@@ -82,7 +82,7 @@ def test_it_enforces_the_daily_message_quota_with_a_clear_message(world) -> None
         # Another user of the same tenant has their own allowance.
         other = Conversation.objects.create(tenant=world.tenant_a, user=world.dora)
         chat_services.message_submit(conversation=other, text="mine", actor=actor)
-    page = owner.get(reverse("tenants:console")).content.decode()
+    page = owner.get(reverse("console:home")).content.decode()
     assert "2 / 2" in page  # usage against the limit, for the owner
 
 
@@ -99,27 +99,27 @@ def test_it_enforces_the_monthly_token_quota(world) -> None:
 
 
 def test_it_switches_between_the_users_tenants_only(world) -> None:
-    from tenants.services import membership_create
+    from console.services import membership_create
 
     membership_create(tenant=world.tenant_b, user=world.alice, role="compliance", actor=actor_for(user_id=None, role="system"))
     client = logged_in(world.alice)
     assert "tenant-switch" in client.get(reverse("chat:home"), follow=True).content.decode()
-    assert client.post(reverse("tenants:switch"), {"tenant_id": world.tenant_b.pk}).status_code == 302
+    assert client.post(reverse("console:tenant_switch"), {"tenant_id": world.tenant_b.pk}).status_code == 302
     assert client.get(reverse("audit:trail")).status_code == 200  # compliance in B
-    assert client.post(reverse("tenants:switch"), {"tenant_id": 999999}).status_code == 404
+    assert client.post(reverse("console:tenant_switch"), {"tenant_id": 999999}).status_code == 404
 
 
 def test_it_lets_an_owner_mark_the_tenant_sensitive_and_audits_only_that(world) -> None:
     from audit.models import AuditEvent
 
     owner = logged_in(world.bob)
-    assert 'name="sensitive"' in owner.get(reverse("tenants:console")).content.decode()
+    assert 'name="sensitive"' in owner.get(reverse("console:home")).content.decode()
     current = {"audit_retention_days": 180, "quota_messages_per_user_day": 200, "quota_tokens_per_month": 2_000_000}
-    assert owner.post(reverse("tenants:settings_update"), {**current, "sensitive": "on"}).status_code == 302
+    assert owner.post(reverse("console:tenant_settings_update"), {**current, "sensitive": "on"}).status_code == 302
     world.tenant_a.refresh_from_db()
     assert world.tenant_a.sensitive
-    assert 'name="sensitive" id="id_sensitive" checked' in owner.get(reverse("tenants:console")).content.decode()
-    owner.post(reverse("tenants:settings_update"), current)  # the box unticked
+    assert 'name="sensitive" id="id_sensitive" checked' in owner.get(reverse("console:home")).content.decode()
+    owner.post(reverse("console:tenant_settings_update"), current)  # the box unticked
     world.tenant_a.refresh_from_db()
     assert not world.tenant_a.sensitive
     with tenant_context(world.tenant_a.pk):

@@ -3,10 +3,10 @@ from __future__ import annotations
 from django import forms
 
 from tenants.models import Role, Tenant
-from tenants.services import SETTINGS_FIELDS
+from console.services import SETTINGS_FIELDS
 
 
-class MemberAddForm(forms.Form):
+class UserCreateForm(forms.Form):
     username = forms.CharField(max_length=150)
     password = forms.CharField(widget=forms.PasswordInput, help_text="An initial password for the new user.")
     role = forms.ChoiceField(choices=Role.choices, initial=Role.EMPLOYEE)
