@@ -70,11 +70,12 @@ def django_db_setup(
     tables. Tests then run as the app role, under row-level security, like the product."""
     from django.test.utils import setup_databases, teardown_databases
 
-    from deepseek_web.services import embedded
+    from deepseek_web.services.paths import data_dir
+    from deepseek_web.services.postgres import ensure_roles
     from tenants.rls import as_owner
 
     if not os.environ.get("DATABASE_URL"):
-        embedded.ensure_roles(embedded.data_dir())
+        ensure_roles(data_dir())
     with django_db_blocker.unblock(), as_owner():  # type: ignore[attr-defined]
         config = setup_databases(verbosity=0, interactive=False, aliases={"default"}, serialized_aliases=set())
     yield

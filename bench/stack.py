@@ -19,13 +19,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "deepseek_web.settings")
 
 def prepare_stack() -> None:
     """Embedded PostgreSQL and Redis, the roles, a migrated `dsw_bench`, and Django set up."""
-    from deepseek_web.services import embedded
+    from deepseek_web.services.paths import PG_OWNER_ROLE, data_dir
+    from deepseek_web.services.postgres import ensure_database, ensure_postgres, ensure_roles
+    from deepseek_web.services.redis_server import ensure_redis
 
-    data = embedded.data_dir()
-    embedded.ensure_postgres(data)
-    embedded.ensure_redis(data)
-    embedded.ensure_roles(data)
-    embedded.ensure_database(data, "dsw_bench", owner=embedded.PG_OWNER_ROLE)
+    data = data_dir()
+    ensure_postgres(data)
+    ensure_redis(data)
+    ensure_roles(data)
+    ensure_database(data, "dsw_bench", owner=PG_OWNER_ROLE)
     import django
 
     django.setup()

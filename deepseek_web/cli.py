@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 from deepseek_web.celery import GPU_READY_KEY
-from deepseek_web.services import embedded
+from deepseek_web.services.paths import data_dir
+from deepseek_web.services.postgres import ensure_database, ensure_postgres, ensure_roles, stop_postgres
+from deepseek_web.services.redis_server import ensure_redis, stop_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tests use their own Redis database, so a `run` on the same data dir never consumes test tasks.
@@ -31,15 +33,15 @@ def log(text: str) -> None:
 def start_services() -> list[str]:
     """Starts the embedded PostgreSQL/Redis unless URLs are configured. Returns what it started."""
     started = []
-    data = embedded.data_dir()
+    data = data_dir()
     if not os.environ.get("DATABASE_URL"):
-        info = embedded.ensure_postgres(data)
-        embedded.ensure_roles(data)
+        info = ensure_postgres(data)
+        ensure_roles(data)
         log(f"PostgreSQL {'started' if info.started else 'already running'} ({info.seconds:.1f} s): {info.socket}")
         if info.started:
             started.append("postgres")
     if not os.environ.get("REDIS_URL"):
-        info = embedded.ensure_redis(data)
+        info = ensure_redis(data)
         log(f"Redis {'started' if info.started else 'already running'} ({info.seconds:.1f} s): {info.socket}")
         if info.started:
             started.append("redis")
@@ -47,11 +49,11 @@ def start_services() -> list[str]:
 
 
 def stop_services(started: list[str]) -> None:
-    data = embedded.data_dir()
+    data = data_dir()
     if "redis" in started:
-        embedded.stop_redis(data)
+        stop_redis(data)
     if "postgres" in started:
-        embedded.stop_postgres(data)
+        stop_postgres(data)
     if started:
         log(f"stopped {', '.join(started)}")
 
@@ -77,7 +79,7 @@ def prepare_database() -> None:
 
     if not os.environ.get("DATABASE_URL"):
         name, owner = str(settings.DATABASES["default"]["NAME"]), str(settings.DATABASE_OWNER["USER"])
-        embedded.ensure_database(embedded.data_dir(), name, owner=owner)
+        ensure_database(data_dir(), name, owner=owner)
     call_command("migrate", interactive=False, verbosity=0)
     log("database migrated")
 
@@ -144,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             "ingest": [python, "-m", "celery", "-A", "deepseek_web", "worker", "-Q", "ingest", "-c", "2",
                        "-n", "ingest@%h", "--loglevel", "INFO"],
             "beat": [python, "-m", "celery", "-A", "deepseek_web", "beat", "--loglevel", "INFO",
-                     "-s", str(embedded.data_dir() / "celerybeat-schedule")],
+                     "-s", str(data_dir() / "celerybeat-schedule")],
         }
         for name, command in commands.items():
             # Own session: Ctrl-C reaches only this process, which then stops children in order.

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
-from deepseek_web.services.embedded import (
+from deepseek_web.services.paths import (
     PG_APP_ROLE,
     PG_OWNER_ROLE,
     celery_broker_url,

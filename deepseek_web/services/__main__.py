@@ -13,7 +13,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from deepseek_web.services import embedded
+from deepseek_web.services import control
+from deepseek_web.services.paths import (
+    DEFAULT_DBNAME,
+    embedded_database_url,
+    embedded_redis_url,
+    resolve_data_dir,
+)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -25,32 +31,32 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="defaults to $DSW_DATA_DIR, else <project>/var",
     )
-    parser.add_argument("--dbname", default=embedded.DEFAULT_DBNAME, help="database to create on start")
+    parser.add_argument("--dbname", default=DEFAULT_DBNAME, help="database to create on start")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
-    data = embedded._norm(args.data_dir) if args.data_dir is not None else embedded.data_dir()
+    data = resolve_data_dir(args.data_dir)
 
     if args.command == "start":
-        infos = embedded.ensure_all(data, args.dbname)
+        infos = control.ensure_all(data, args.dbname)
         for info in infos.values():
             verb = "started" if info.started else "already running"
             print(f"{info.name}: {verb} (pid {info.pid}, {info.seconds:.2f}s) {info.url}")
         return 0
     if args.command == "stop":
-        for name, was_running in embedded.stop_all(data).items():
+        for name, was_running in control.stop_all(data).items():
             print(f"{name}: {'stopped' if was_running else 'not running'}")
         return 0
     if args.command == "status":
-        report = embedded.status(data)
+        report = control.status(data)
         print(json.dumps(report, indent=2))
         # Exit status usable from scripts: 0 only when both run.
         return 0 if report["postgres"]["running"] and report["redis"]["running"] else 3
     # env
-    redis_url = embedded.embedded_redis_url(data)
-    print(f"DATABASE_URL={shlex.quote(embedded.embedded_database_url(data, args.dbname))}")
+    redis_url = embedded_redis_url(data)
+    print(f"DATABASE_URL={shlex.quote(embedded_database_url(data, args.dbname))}")
     print(f"REDIS_URL={shlex.quote(redis_url)}")
     return 0
 

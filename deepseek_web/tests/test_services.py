@@ -22,8 +22,8 @@ import psycopg
 import pytest
 import redis
 
-from deepseek_web.services import embedded
-from deepseek_web.services.embedded import ServiceInfo
+from deepseek_web.services import control, paths, postgres, redis_server
+from deepseek_web.services.process import ServiceInfo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,10 +36,10 @@ def _new_data_dir(name: str = "") -> Path:
 def _teardown(data: Path) -> None:
     # Always stop before deleting: a server on a deleted data dir would linger forever.
     try:
-        embedded.stop_all(data)
+        control.stop_all(data)
     finally:
         shutil.rmtree(data, ignore_errors=True)
-        shutil.rmtree(embedded._short_runtime_dir(data), ignore_errors=True)
+        shutil.rmtree(paths.short_runtime_dir(data), ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def data() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def first_start(data: Path) -> dict[str, ServiceInfo]:
-    return {"postgres": embedded.ensure_postgres(data), "redis": embedded.ensure_redis(data)}
+    return {"postgres": postgres.ensure_postgres(data), "redis": redis_server.ensure_redis(data)}
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def unrelated_process() -> Iterator[psutil.Process]:
 
 
 def _pg_query(data: Path, query: str, dbname: str = "postgres") -> object:
-    with psycopg.connect(embedded.embedded_database_url(data, dbname), autocommit=True) as conn:
+    with psycopg.connect(paths.embedded_database_url(data, dbname), autocommit=True) as conn:
         row = conn.execute(query).fetchone()
         assert row is not None
         return row[0]
@@ -98,28 +98,28 @@ def _stale_socket_file(path: Path) -> None:
 
 def test_it_computes_urls_without_starting_anything(monkeypatch: pytest.MonkeyPatch) -> None:
     data = Path("/srv/dsw")
-    assert embedded.embedded_database_url(data) == (
+    assert paths.embedded_database_url(data) == (
         "postgresql://postgres@/deepseek_web?host=/srv/dsw/pg/run&port=5432"
     )
-    assert embedded.embedded_database_settings(data, "x") == {
+    assert paths.embedded_database_settings(data, "x") == {
         "HOST": "/srv/dsw/pg/run",
         "PORT": "5432",
         "USER": "postgres",
         "PASSWORD": "",
         "NAME": "x",
     }
-    assert embedded.embedded_redis_url(data) == "unix:///srv/dsw/redis/redis.sock"
-    assert embedded.embedded_redis_url(data, 1) == "unix:///srv/dsw/redis/redis.sock?db=1"
-    assert embedded.celery_broker_url("unix:///srv/dsw/redis/redis.sock?db=1") == (
+    assert paths.embedded_redis_url(data) == "unix:///srv/dsw/redis/redis.sock"
+    assert paths.embedded_redis_url(data, 1) == "unix:///srv/dsw/redis/redis.sock?db=1"
+    assert paths.celery_broker_url("unix:///srv/dsw/redis/redis.sock?db=1") == (
         "redis+socket:///srv/dsw/redis/redis.sock?virtual_host=1"
     )
-    assert embedded.celery_broker_url("redis://cache:6379/2") == "redis://cache:6379/2"
+    assert paths.celery_broker_url("redis://cache:6379/2") == "redis://cache:6379/2"
     assert not data.exists()
 
     monkeypatch.setenv("DSW_DATA_DIR", "/srv/other/../dsw2")
-    assert embedded.data_dir() == Path("/srv/dsw2")
+    assert paths.data_dir() == Path("/srv/dsw2")
     monkeypatch.delenv("DSW_DATA_DIR")
-    assert embedded.data_dir() == PROJECT_ROOT / "var"
+    assert paths.data_dir() == PROJECT_ROOT / "var"
 
 
 def test_it_starts_postgres_and_redis_on_unix_sockets_only(
@@ -127,8 +127,8 @@ def test_it_starts_postgres_and_redis_on_unix_sockets_only(
 ) -> None:
     pg, rd = first_start["postgres"], first_start["redis"]
     assert pg.started and rd.started
-    assert pg.socket == embedded.postgres_socket_path(data) and pg.socket.is_socket()
-    assert rd.socket == embedded.redis_socket_path(data) and rd.socket.is_socket()
+    assert pg.socket == paths.postgres_socket_path(data) and pg.socket.is_socket()
+    assert rd.socket == paths.redis_socket_path(data) and rd.socket.is_socket()
     assert _pg_query(data, "SHOW listen_addresses") == ""
     assert psutil.Process(pg.pid).net_connections(kind="inet") == []
 
@@ -139,12 +139,12 @@ def test_it_starts_postgres_and_redis_on_unix_sockets_only(
 
 
 def test_it_finds_the_running_servers(data: Path, first_start: dict[str, ServiceInfo]) -> None:
-    pg, rd = embedded.ensure_postgres(data), embedded.ensure_redis(data)
+    pg, rd = postgres.ensure_postgres(data), redis_server.ensure_redis(data)
 
     assert not pg.started and not rd.started
     assert (pg.pid, pg.socket) == (first_start["postgres"].pid, first_start["postgres"].socket)
     assert (rd.pid, rd.socket) == (first_start["redis"].pid, first_start["redis"].socket)
-    report = embedded.status(data)
+    report = control.status(data)
     assert report["postgres"]["running"] and report["redis"]["running"]
     assert report["postgres"]["pid"] == pg.pid and report["redis"]["pid"] == rd.pid
 
@@ -152,10 +152,10 @@ def test_it_finds_the_running_servers(data: Path, first_start: dict[str, Service
 def test_it_creates_the_database_and_the_vector_extension(
     data: Path, first_start: dict[str, ServiceInfo]
 ) -> None:
-    assert embedded.ensure_database(data, "dsw_vec") is True
-    assert embedded.ensure_database(data, "dsw_vec") is False
+    assert postgres.ensure_database(data, "dsw_vec") is True
+    assert postgres.ensure_database(data, "dsw_vec") is False
 
-    with psycopg.connect(embedded.embedded_database_url(data, "dsw_vec"), autocommit=True) as conn:
+    with psycopg.connect(paths.embedded_database_url(data, "dsw_vec"), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         row = conn.execute("SELECT '[1,2,3]'::vector <=> '[1,2,4]'::vector").fetchone()
     assert row is not None
@@ -163,40 +163,40 @@ def test_it_creates_the_database_and_the_vector_extension(
 
 
 def test_it_stops_and_restarts_on_the_existing_data(data: Path, first_start: dict[str, ServiceInfo]) -> None:
-    embedded.ensure_database(data, "dsw_keep")
-    redis.Redis.from_url(embedded.embedded_redis_url(data)).set("kept", "yes")
+    postgres.ensure_database(data, "dsw_keep")
+    redis.Redis.from_url(paths.embedded_redis_url(data)).set("kept", "yes")
 
-    assert embedded.stop_all(data) == {"redis": True, "postgres": True}
-    assert not embedded.postgres_socket_path(data).exists()
-    assert not embedded.redis_socket_path(data).exists()
-    report = embedded.status(data)
+    assert control.stop_all(data) == {"redis": True, "postgres": True}
+    assert not paths.postgres_socket_path(data).exists()
+    assert not paths.redis_socket_path(data).exists()
+    report = control.status(data)
     assert not report["postgres"]["running"] and not report["redis"]["running"]
-    assert embedded.stop_all(data) == {"redis": False, "postgres": False}
+    assert control.stop_all(data) == {"redis": False, "postgres": False}
 
-    pg, rd = embedded.ensure_postgres(data), embedded.ensure_redis(data)
+    pg, rd = postgres.ensure_postgres(data), redis_server.ensure_redis(data)
     assert pg.started and rd.started
-    assert embedded.ensure_database(data, "dsw_keep") is False
+    assert postgres.ensure_database(data, "dsw_keep") is False
     assert redis.Redis.from_url(rd.url).get("kept") == b"yes"
 
 
 def test_it_recovers_from_stale_pid_and_socket_files(
     data: Path, first_start: dict[str, ServiceInfo], unrelated_process: psutil.Process
 ) -> None:
-    embedded.stop_all(data)
+    control.stop_all(data)
     # PostgreSQL: postmaster.pid names a live process that is not ours (a reused pid).
-    pgdata = embedded.pg_data_path(data)
+    pgdata = paths.pg_data_path(data)
     (pgdata / "postmaster.pid").write_text(
         f"{unrelated_process.pid}\n{pgdata}\n1700000000\n5432\n"
-        f"{embedded.postgres_socket_dir(data)}\n\n  1234  5678\nready\n"
+        f"{paths.postgres_socket_dir(data)}\n\n  1234  5678\nready\n"
     )
-    _stale_socket_file(embedded.postgres_socket_path(data))
-    lock = embedded.postgres_socket_path(data).with_name(".s.PGSQL.5432.lock")
+    _stale_socket_file(paths.postgres_socket_path(data))
+    lock = paths.postgres_socket_path(data).with_name(".s.PGSQL.5432.lock")
     lock.write_text(f"{unrelated_process.pid}\n{pgdata}\n")
     # Redis: pid file names a dead process, socket file left behind.
-    embedded.redis_pid_path(data).write_text(f"{_dead_pid()}\n")
-    _stale_socket_file(embedded.redis_socket_path(data))
+    paths.redis_pid_path(data).write_text(f"{_dead_pid()}\n")
+    _stale_socket_file(paths.redis_socket_path(data))
 
-    pg, rd = embedded.ensure_postgres(data), embedded.ensure_redis(data)
+    pg, rd = postgres.ensure_postgres(data), redis_server.ensure_redis(data)
 
     assert pg.started and rd.started
     assert _pg_query(data, "SELECT 1") == 1
@@ -204,9 +204,9 @@ def test_it_recovers_from_stale_pid_and_socket_files(
     assert unrelated_process.is_running()  # never kill what merely reused a pid
 
     # Same for Redis with a live unrelated pid in its pid file.
-    embedded.stop_redis(data)
-    embedded.redis_pid_path(data).write_text(f"{unrelated_process.pid}\n")
-    assert embedded.ensure_redis(data).started
+    redis_server.stop_redis(data)
+    paths.redis_pid_path(data).write_text(f"{unrelated_process.pid}\n")
+    assert redis_server.ensure_redis(data).started
     assert unrelated_process.is_running()
 
 
@@ -214,9 +214,9 @@ def test_it_lets_only_one_of_two_concurrent_starts_start_the_servers(fresh_data:
     script = textwrap.dedent(
         """
         import json, sys
-        from deepseek_web.services import embedded
-        pg = embedded.ensure_postgres(sys.argv[1])
-        rd = embedded.ensure_redis(sys.argv[1])
+        from deepseek_web.services import postgres, redis_server
+        pg = postgres.ensure_postgres(sys.argv[1])
+        rd = redis_server.ensure_redis(sys.argv[1])
         print(json.dumps([pg.started, pg.pid, rd.started, rd.pid]))
         """
     )
@@ -235,25 +235,25 @@ def test_it_lets_only_one_of_two_concurrent_starts_start_the_servers(fresh_data:
     assert results[0][1] == results[1][1] and results[0][3] == results[1][3]
     # Both launchers have exited; the servers must outlive them.
     assert _pg_query(fresh_data, "SELECT 1") == 1
-    assert redis.Redis.from_url(embedded.embedded_redis_url(fresh_data)).ping()
+    assert redis.Redis.from_url(paths.embedded_redis_url(fresh_data)).ping()
 
 
 def test_it_falls_back_to_a_short_socket_dir_for_long_data_paths() -> None:
     base = _new_data_dir("l")
     data = base / ("long-" * 20)
     try:
-        sock_dir = embedded.postgres_socket_dir(data)
-        assert sock_dir == embedded.postgres_socket_dir(data)  # pure and deterministic
+        sock_dir = paths.postgres_socket_dir(data)
+        assert sock_dir == paths.postgres_socket_dir(data)  # pure and deterministic
         assert str(sock_dir).startswith("/tmp/dsw-")
-        assert str(embedded.redis_socket_path(data)).startswith(str(sock_dir.parent))
+        assert str(paths.redis_socket_path(data)).startswith(str(sock_dir.parent))
         assert not sock_dir.exists()
 
-        pg, rd = embedded.ensure_postgres(data), embedded.ensure_redis(data)
+        pg, rd = postgres.ensure_postgres(data), redis_server.ensure_redis(data)
 
         assert pg.socket == sock_dir / ".s.PGSQL.5432" and pg.socket.is_socket()
         assert _pg_query(data, "SELECT 1") == 1
         assert redis.Redis.from_url(rd.url).ping()
-        embedded.stop_all(data)
+        control.stop_all(data)
         assert not sock_dir.parent.exists()  # the /tmp fallback is removed once empty
     finally:
         _teardown(data)
