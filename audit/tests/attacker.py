@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from django.db import connection
 
-from deepseek_web.services.embedded import PG_SUPERUSER
+from deepseek_web.services.paths import PG_SUPERUSER
 
 
 @contextmanager
