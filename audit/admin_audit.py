@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.db.models import Model, QuerySet
@@ -25,7 +25,14 @@ def _target(obj: Model) -> str:
     return f"{obj._meta.app_label}.{obj._meta.model_name}"
 
 
-class AuditedModelAdmin(admin.ModelAdmin):
+if TYPE_CHECKING:
+    # django-stubs makes ModelAdmin generic; Django's own class is not subscriptable at run time.
+    _ModelAdmin = admin.ModelAdmin[Any]
+else:
+    _ModelAdmin = admin.ModelAdmin
+
+
+class AuditedModelAdmin(_ModelAdmin):
     """Base of every ModelAdmin here; a test fails for a registered admin that is not one."""
 
     def log_addition(self, request: HttpRequest, obj: Model, message: Any) -> Any:

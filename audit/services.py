@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,7 +144,7 @@ def actor_from_request(request: Any) -> Actor:
     )
 
 
-def actor_from_scope(scope: dict[str, Any], role: str) -> Actor:
+def actor_from_scope(scope: Mapping[str, Any], role: str) -> Actor:
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
     client = scope.get("client") or (None, None)
     user = scope.get("user")
@@ -166,7 +167,7 @@ def audit_prune_expired(*, chain: int) -> int:
     """
     from datetime import timedelta
 
-    from audit.chain import checkpoint_mac, chain_events, verify_chain
+    from audit.chain import chain_events, checkpoint_mac, verify_chain
     from tenants.models import Tenant
 
     retention = Tenant.objects.filter(pk=chain).values_list("audit_retention_days", flat=True).first()

@@ -4,9 +4,10 @@ from django.urls import path
 
 from audit import views
 
+# Each URL is named as its view.
 app_name = "audit"
 urlpatterns = [
-    path("", views.audit_trail, name="trail"),
-    path("events/<int:event_id>/", views.audit_event_detail, name="event"),
-    path("export.<str:fmt>", views.audit_export, name="export"),
+    path("", views.event_list, name="event_list"),
+    path("events/<int:event_id>/", views.event_detail, name="event_detail"),
+    path("export.<str:fmt>", views.event_export, name="event_export"),
 ]

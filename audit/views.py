@@ -37,7 +37,7 @@ def _for_log(filters: dict[str, Any]) -> dict[str, str]:
 @require_GET
 @login_required
 @role_required(Role.COMPLIANCE)
-def audit_trail(request: TenantRequest) -> HttpResponse:
+def event_list(request: TenantRequest) -> HttpResponse:
     form, filters = _filters(request)
     page = Paginator(audit_events(tenant=request.tenant, filters=filters), PAGE_SIZE).get_page(request.GET.get("page"))
     # Read the page before recording this view, so the count and the rows describe the same trail.
@@ -59,7 +59,7 @@ def audit_trail(request: TenantRequest) -> HttpResponse:
 @require_GET
 @login_required
 @role_required(Role.COMPLIANCE)
-def audit_event_detail(request: TenantRequest, event_id: int) -> HttpResponse:
+def event_detail(request: TenantRequest, event_id: int) -> HttpResponse:
     event = audit_event_get(tenant=request.tenant, event_id=event_id)
     audit_record(
         tenant_id=request.tenant.pk, actor=actor_from_request(request), action="audit.view",
@@ -71,7 +71,7 @@ def audit_event_detail(request: TenantRequest, event_id: int) -> HttpResponse:
 @require_GET
 @login_required
 @role_required(Role.COMPLIANCE)
-def audit_export(request: TenantRequest, fmt: str) -> HttpResponseBase:
+def event_export(request: TenantRequest, fmt: str) -> HttpResponseBase:
     if fmt not in ("jsonl", "csv"):
         raise Http404("Unknown export format.")
     form, filters = _filters(request)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-from collections.abc import Callable
 
 from stack import prepare_stack
 
@@ -30,10 +29,9 @@ def percentile(values: list[float], pct: float) -> float:
 def run(per_writer: int, tenants: list[int], conversations: list[int], audited: bool) -> tuple[list[float], float]:
     from django.db import connections
 
-    from tenants.rls import tenant_context
-
     from audit.services import actor_for, audit_record
     from chat.models import Conversation
+    from tenants.rls import tenant_context
 
     latencies: list[float] = []
     lock = threading.Lock()
@@ -100,7 +98,10 @@ def main() -> None:
     base = measure("rename only (baseline)", one_chain, False)
     one = measure("rename + audit, one tenant chain", one_chain, True)
     many = measure("rename + audit, 8 tenant chains", eight_chains, True)
-    ratio: Callable[[tuple[float, float, float], int], float] = lambda r, i: r[i] / base[i]
+
+    def ratio(figures: tuple[float, float, float], index: int) -> float:
+        return figures[index] / base[index]
+
     print(f"audited/baseline, one chain:  p50 {ratio(one, 0):.2f}x, p99 {ratio(one, 1):.2f}x, "
           f"throughput {ratio(one, 2):.2f}x ({one[2]:.0f} audit events/s)")
     print(f"audited/baseline, 8 chains:   p50 {ratio(many, 0):.2f}x, p99 {ratio(many, 1):.2f}x, "

@@ -110,15 +110,16 @@ def main() -> None:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = open(ROOT / "var" / "bench-chat-latency.log", "wb")  # noqa: SIM115 - lives as long as the children
-    quiet = {"stdout": log, "stderr": subprocess.STDOUT}
     web = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                            "deepseek_web.asgi:application"], cwd=ROOT, env=env, **quiet)
+                            "deepseek_web.asgi:application"], cwd=ROOT, env=env,
+                           stdout=log, stderr=subprocess.STDOUT)
     worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "deepseek_web", "worker", "-Q", "gpu",
-                               "-P", "threads", "-c", "4", "-n", "bench-gpu@%h"], cwd=ROOT, env=env, **quiet)
+                               "-P", "threads", "-c", "4", "-n", "bench-gpu@%h"], cwd=ROOT, env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", 60)
-        from deepseek_web.redis_client import sync_client
         from deepseek_web.celery import GPU_READY_KEY
+        from deepseek_web.redis_client import sync_client
 
         deadline = time.monotonic() + 300
         while not sync_client().exists(GPU_READY_KEY) and time.monotonic() < deadline:
@@ -131,7 +132,6 @@ def main() -> None:
             process.wait(timeout=30)
 
     from chat.models import Message
-
     from tenants.rls import tenant_context
 
     with tenant_context(tenant_id):
@@ -147,7 +147,7 @@ def main() -> None:
     p50_ratio = percentile(overhead_ms, 50) / percentile(engine_ms, 50)
     p95_ratio = percentile(overhead_ms, 95) / percentile(engine_ms, 95)
     print(f"our path / engine TTFT: p50 {p50_ratio:.2f}x, p95 {p95_ratio:.2f}x")
-    print(f"median per-turn ratio: {statistics.median(o / e for o, e in zip(overhead_ms, engine_ms)):.2f}x")
+    print(f"median per-turn ratio: {statistics.median(o / e for o, e in zip(overhead_ms, engine_ms, strict=True)):.2f}x")
 
 
 if __name__ == "__main__":

@@ -18,17 +18,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth.models import User
 from django.http import Http404
 from django.template.loader import render_to_string
 
 from audit.services import actor_from_scope
 from chat import services, streams
 from chat.models import Conversation, Message
-from chat.selectors import conversation_get_for_user, message_get_in_conversation
+from chat.selectors import conversation_get_for_user, message_find, message_get_in_conversation
 from tenants.access import membership_get_active
 from tenants.middleware import SESSION_TENANT_KEY
 from tenants.models import Membership
@@ -42,6 +43,7 @@ MAX_FRAME_CHARS = 64 * 1024
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
+    user: User
     conversation: Conversation
     membership: Membership
 
@@ -55,6 +57,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # Refused before accept: another tenant's (or unknown) id learns nothing.
             await self.close(code=CLOSE_NOT_FOUND)
             return
+        self.user = cast(User, user)  # authenticated: the lazy object stands for a User
         self.membership, self.conversation = found
         self.redis = streams.reader_client()
         self.relays: dict[int, asyncio.Task[None]] = {}
@@ -78,7 +81,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     def _tenant(self) -> Any:
         """Every database call of this consumer runs in its own transaction, in this tenant."""
-        return tenant_context(self.membership.tenant_id, self.scope["user"].pk)
+        return tenant_context(self.membership.tenant_id, self.user.pk)
 
     async def disconnect(self, code: int) -> None:
         relays = list(getattr(self, "relays", {}).values())
@@ -143,9 +146,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     def _store_turn(self, text: str) -> tuple[Message, Message]:
         with self._tenant():
             # Re-read the conversation: it may have been deleted in another tab since connect.
-            conversation = conversation_get_for_user(
-                self.scope["user"], self.membership.tenant, self.conversation.pk
-            )
+            conversation = conversation_get_for_user(self.user, self.membership.tenant, self.conversation.pk)
             self.conversation = conversation
             return services.message_submit(
                 conversation=conversation, text=text, actor=actor_from_scope(self.scope, self.membership.role)
@@ -208,7 +209,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     await self._send_end(message_id, entry.seq)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - a relay failure must not kill the socket
+        except Exception:
             logger.exception("relay of message %s failed", message_id)
             await self._error("The live stream was interrupted; reload the page to see the answer.")
         finally:
@@ -221,7 +222,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     @database_sync_to_async
     def _get_message(self, message_id: int) -> Message | None:
         with self._tenant():
-            return Message.objects.filter(pk=message_id).first()
+            return message_find(message_id)
 
     async def _send_end(self, message_id: int, seq: int) -> None:
         message = await self._get_message(message_id)

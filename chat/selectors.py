@@ -4,7 +4,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import QuerySet
 from django.http import Http404
 
-from chat.models import Conversation, Message
+from chat.models import Conversation, ConversationKnowledgeBase, Message
 from tenants.models import Tenant
 
 
@@ -24,6 +24,17 @@ def conversation_get_for_user(
         return Conversation.objects.get(tenant=tenant, user=user, pk=int(conversation_id))
     except (Conversation.DoesNotExist, ValueError, TypeError):
         raise Http404("No such conversation.") from None
+
+
+def conversation_knowledge_base_ids(*, conversation: Conversation) -> set[int]:
+    """The knowledge bases the conversation answers from (as chosen; access is checked per turn)."""
+    return set(ConversationKnowledgeBase.objects.filter(conversation=conversation)
+               .values_list("knowledge_base_id", flat=True))
+
+
+def message_find(message_id: int) -> Message | None:
+    """A message by id in the current tenant context, or None (deleted, or another tenant's)."""
+    return Message.objects.filter(pk=message_id).first()
 
 
 def message_list(*, conversation: Conversation) -> QuerySet[Message]:

@@ -25,8 +25,8 @@ from chat import streams
 from chat.models import Conversation, ConversationKnowledgeBase, Message
 from chat.prompts import build_chat_messages, cut_text
 from chat.services import enqueue_generation
-from knowledge.retrieval import Passage
 from knowledge.models import KnowledgeBase
+from knowledge.retrieval import Passage
 from knowledge.selectors import knowledge_base_ids_allowed
 from tenants.models import Membership, Tenant
 from tenants.rls import tenant_context
@@ -93,7 +93,7 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
         route = routing.chat_route(messages=history, params=_sampling_params(message), sensitive=sensitive,
                                    should_stop=watch.stop_requested)
         handle = route.handle
-    except Exception as exc:  # noqa: BLE001 - any load/prompt failure ends this turn, not the worker
+    except Exception as exc:
         logger.exception("turn %s failed before generation", message.pk)
         _finish(message, writer, Message.Status.FAILED, runtime.describe_error(exc))
         return
@@ -254,7 +254,7 @@ def _turn_passages(message: Message) -> tuple[list[Passage], dict[str, Any]]:
     started = time.monotonic()
     try:
         passages, timings = _passages_retrieve(message)
-    except Exception as exc:  # noqa: BLE001 - the answer goes on without passages
+    except Exception as exc:
         logger.exception("retrieval for turn %s failed; answering without passages", message.pk)
         message.citations = []
         return [], {"retrieve_ms": round((time.monotonic() - started) * 1000, 1),

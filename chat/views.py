@@ -12,8 +12,13 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from audit.services import actor_from_request
 from chat import services
-from chat.models import Conversation, ConversationKnowledgeBase
-from chat.selectors import conversation_get_for_user, conversation_list, message_list
+from chat.models import Conversation
+from chat.selectors import (
+    conversation_get_for_user,
+    conversation_knowledge_base_ids,
+    conversation_list,
+    message_list,
+)
 from knowledge.selectors import knowledge_bases_for_member
 from tenants.decorators import tenant_required
 from tenants.http import TenantRequest
@@ -33,7 +38,7 @@ def home(request: TenantRequest) -> HttpResponse:
 @require_POST
 @login_required
 @tenant_required
-def conversation_new(request: TenantRequest) -> HttpResponse:
+def conversation_create(request: TenantRequest) -> HttpResponse:
     conversation = services.conversation_create(
         user=request.user, tenant=request.tenant, actor=actor_from_request(request)
     )
@@ -60,8 +65,7 @@ def conversation_detail(request: TenantRequest, conversation_id: int) -> HttpRes
 
 def _knowledge_context(request: TenantRequest, conversation: Conversation) -> dict[str, Any]:
     """The chooser's rows: each knowledge base the member may use, checked if the conversation uses it."""
-    chosen = set(ConversationKnowledgeBase.objects.filter(conversation=conversation)
-                 .values_list("knowledge_base_id", flat=True))
+    chosen = conversation_knowledge_base_ids(conversation=conversation)
     usable = knowledge_bases_for_member(request.membership)
     return {"knowledge_choices": [(kb, kb.pk in chosen) for kb in usable]}
 
@@ -73,7 +77,7 @@ def _int_list(values: list[str]) -> list[int]:
 @require_POST
 @login_required
 @tenant_required
-def conversation_knowledge(request: TenantRequest, conversation_id: int) -> HttpResponse:
+def conversation_set_knowledge_bases(request: TenantRequest, conversation_id: int) -> HttpResponse:
     conversation = conversation_get_for_user(request.user, request.tenant, conversation_id)
     services.conversation_set_knowledge_bases(
         conversation=conversation, knowledge_base_ids=_int_list(request.POST.getlist("knowledge_base")),

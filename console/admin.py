@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
@@ -60,8 +60,15 @@ admin.site.unregister(User)
 admin.site.unregister(Group)
 
 
+if TYPE_CHECKING:
+    # django-stubs makes UserAdmin generic; Django's own class is not subscriptable at run time.
+    _UserAdmin = UserAdmin[User]
+else:
+    _UserAdmin = UserAdmin
+
+
 @admin.register(User)
-class AuditedUserAdmin(AuditedModelAdmin, UserAdmin):
+class AuditedUserAdmin(AuditedModelAdmin, _UserAdmin):
     pass
 
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from django import forms
 
-from tenants.models import Role, Tenant
 from console.services import SETTINGS_FIELDS
+from tenants.models import Role, Tenant
 
 
 class UserCreateForm(forms.Form):

@@ -11,7 +11,6 @@ from audit.services import SYSTEM, Actor, audit_record
 from tenants.models import Membership, Role, Tenant
 from tenants.rls import tenant_context
 
-
 DEMO_PASSWORD = "deepseek-demo"
 DEMO_USERS = (
     ("employee", Role.EMPLOYEE),

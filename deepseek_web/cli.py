@@ -125,10 +125,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         setup_django()
         prepare_database()
+        from console.services import demo_tenant_seed
         from deepseek_web.redis_client import sync_client
         from knowledge.services import demo_knowledge_seed
         from tenants.models import Tenant
-        from console.services import demo_tenant_seed
 
         logins = demo_tenant_seed()
         demo_knowledge_seed(tenant=Tenant.objects.get(slug="demo"))

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from django.urls import path
 
-from openai_api import console_views
+from openai_api import api_key_views
 
+# Each URL is named as its view.
 app_name = "apikeys"
 urlpatterns = [
-    path("", console_views.api_keys, name="list"),
-    path("new/", console_views.api_key_new, name="create"),
-    path("<int:api_key_id>/revoke/", console_views.api_key_revoke, name="revoke"),
+    path("", api_key_views.api_key_list, name="api_key_list"),
+    path("new/", api_key_views.api_key_create, name="api_key_create"),
+    path("<int:api_key_id>/revoke/", api_key_views.api_key_revoke, name="api_key_revoke"),
 ]

@@ -6,9 +6,10 @@ from django.urls import path
 
 from openai_api import views
 
+# Each URL is named as its view.
 app_name = "openai"
 urlpatterns = [
-    path("models", views.model_list, name="models"),
-    path("models/<str:model_id>", views.model_detail, name="model"),
+    path("models", views.model_list, name="model_list"),
+    path("models/<str:model_id>", views.model_detail, name="model_detail"),
     path("chat/completions", views.chat_completions, name="chat_completions"),
 ]

@@ -19,6 +19,7 @@ from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from chat.models import Message
+from chat.selectors import message_find
 from chat.services import ChatInputError, QuotaExceeded
 from openai_api import services, wire
 from openai_api.access import ApiCaller, api_caller_get
@@ -109,7 +110,7 @@ class _Answer:
 
     def _load_sync(self) -> Message | None:
         with self.caller.context():
-            return Message.objects.filter(pk=self.reply.pk).first()
+            return message_find(self.reply.pk)
 
     async def _load(self) -> Message | None:
         return await sync_to_async(self._load_sync)()

@@ -63,8 +63,8 @@ def gpu_worker(asgi_server: str) -> Iterator[Any]:
     takes the `ingest` queue here, so documents uploaded in a browser test get parsed and chunked."""
     from celery.contrib.testing.worker import start_worker
 
-    from deepseek_web.redis_client import sync_client
     from deepseek_web.celery import app
+    from deepseek_web.redis_client import sync_client
     from inference import runtime
 
     # Earlier tests queued turns that no worker ran; their rows are gone, so drop them.

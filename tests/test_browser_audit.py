@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -43,7 +44,7 @@ def test_it_lets_a_compliance_user_filter_and_export(world, asgi_server, page: P
 
     with page.expect_download() as download:
         page.click("#export-jsonl")
-    lines = open(download.value.path(), encoding="utf-8").read().splitlines()
+    lines = Path(download.value.path()).read_text(encoding="utf-8").splitlines()
     documents = [json.loads(line) for line in lines]
     assert len(documents) == 3
     assert {d["event"]["action"] for d in documents} == {"conversation.delete"}

@@ -17,9 +17,9 @@ import pytest
 from audit.services import SYSTEM, actor_for
 from chat import services
 from chat.models import Conversation, Message
+from console import services as tenant_services
 from inference.engine import SamplingParams
 from inference.engine.backends import RemoteBackend, RemoteConfig, Timeouts
-from console import services as tenant_services
 from tenants.rls import tenant_context
 
 pytestmark = pytest.mark.django_db(transaction=True)

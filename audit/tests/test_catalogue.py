@@ -194,7 +194,7 @@ def _source_sync(world) -> None:
 
 def _choose_knowledge(world):
     kb = _kb(world)
-    return logged_in(world.alice).post(reverse("chat:conversation_knowledge", args=[conversation_of(world).pk]),
+    return logged_in(world.alice).post(reverse("chat:conversation_set_knowledge_bases", args=[conversation_of(world).pk]),
                                        {"knowledge_base": [kb.pk]})
 
 
@@ -226,7 +226,7 @@ def _revoke_api_key(world):
     with tenant_context(world.tenant_a.pk):
         key = api_key_create(tenant=world.tenant_a, name="CI", user=world.alice, created_by=world.bob,
                              actor=alice(world)).key
-    return logged_in(world.bob).post(reverse("apikeys:revoke", args=[key.pk]))
+    return logged_in(world.bob).post(reverse("apikeys:api_key_revoke", args=[key.pk]))
 
 
 SCENARIOS: dict[str, Callable[..., object]] = {
@@ -241,7 +241,7 @@ SCENARIOS: dict[str, Callable[..., object]] = {
         f"/admin/auth/group/{Group.objects.create(name='g').pk}/change/", {"name": "g2"}),
     "admin.delete": lambda w: superuser_client().post(
         f"/admin/auth/group/{Group.objects.create(name='g').pk}/delete/", {"post": "yes"}),
-    "conversation.create": lambda w: logged_in(w.alice).post(reverse("chat:conversation_new")),
+    "conversation.create": lambda w: logged_in(w.alice).post(reverse("chat:conversation_create")),
     "conversation.rename": lambda w: logged_in(w.alice).post(
         reverse("chat:conversation_rename", args=[conversation_of(w).pk]), {"title": "new"}),
     "conversation.delete": lambda w: logged_in(w.alice).post(
@@ -249,8 +249,8 @@ SCENARIOS: dict[str, Callable[..., object]] = {
     "message.submit": submit,
     "message.cancel": cancel,
     "message.fail_stale": _stale,
-    "audit.view": lambda w: logged_in(w.dora).get(reverse("audit:trail")),
-    "audit.export": lambda w: b"".join(logged_in(w.dora).get(reverse("audit:export", args=["jsonl"]))),
+    "audit.view": lambda w: logged_in(w.dora).get(reverse("audit:event_list")),
+    "audit.export": lambda w: b"".join(logged_in(w.dora).get(reverse("audit:event_export", args=["jsonl"]))),
     "audit.prune": _prune,
     "user.create": lambda w: logged_in(w.bob).post(
         reverse("console:user_create"), {"username": "gina", "password": "a-Strong-passphrase-9", "role": "employee"}),
@@ -288,7 +288,7 @@ SCENARIOS: dict[str, Callable[..., object]] = {
     "source.sync": _source_sync,
     "conversation.knowledge_bases": _choose_knowledge,
     "message.retrieve": _retrieve,
-    "api_key.create": lambda w: logged_in(w.bob).post(reverse("apikeys:create"), {"name": "CI", "user": w.alice.pk}),
+    "api_key.create": lambda w: logged_in(w.bob).post(reverse("apikeys:api_key_create"), {"name": "CI", "user": w.alice.pk}),
     "api_key.revoke": _revoke_api_key,
 }
 
@@ -323,9 +323,9 @@ def test_it_audits_every_registered_django_admin() -> None:
 # Every URL of the product, by name: what it audits when it changes state, or why it needs not.
 STATE_CHANGING = {
     "login": "auth.login", "logout": "auth.logout",
-    "chat:conversation_new": "conversation.create", "chat:conversation_rename": "conversation.rename",
+    "chat:conversation_create": "conversation.create", "chat:conversation_rename": "conversation.rename",
     "chat:conversation_delete": "conversation.delete",
-    "audit:trail": "audit.view", "audit:event": "audit.view", "audit:export": "audit.export",
+    "audit:event_list": "audit.view", "audit:event_detail": "audit.view", "audit:event_export": "audit.export",
 }
 STATE_CHANGING |= {
     "console:user_create": "user.create", "console:membership_change_role": "membership.role_change",
@@ -341,14 +341,14 @@ STATE_CHANGING |= {
     # Queues a sync; the sync records `source.sync` with what it found when it runs.
     "knowledge:source_sync": "source.sync",
     "api:documents": "document.upload", "api:document": "document.delete",
-    "chat:conversation_knowledge": "conversation.knowledge_bases",
-    "apikeys:create": "api_key.create", "apikeys:revoke": "api_key.revoke",
+    "chat:conversation_set_knowledge_bases": "conversation.knowledge_bases",
+    "apikeys:api_key_create": "api_key.create", "apikeys:api_key_revoke": "api_key.revoke",
     # One request of the OpenAI-compatible API is one turn, audited as the chat page's are.
     "openai:chat_completions": "message.submit",
 }
 READ_ONLY = {"healthz", "chat:home", "chat:conversation_detail", "console:home", "knowledge:list",
              "knowledge:detail", "knowledge:documents", "api:knowledge_bases",
-             "apikeys:list", "openai:models", "openai:model"}
+             "apikeys:api_key_list", "openai:model_list", "openai:model_detail"}
 
 
 def _names(resolver: URLResolver, namespace: str = "") -> set[str]:

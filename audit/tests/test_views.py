@@ -35,7 +35,7 @@ def events(world) -> dict[str, AuditEvent]:
     return {"a": a, "b": b}
 
 
-PAGES = [("audit:trail", []), ("audit:export", ["jsonl"]), ("audit:export", ["csv"])]
+PAGES = [("audit:event_list", []), ("audit:event_export", ["jsonl"]), ("audit:event_export", ["csv"])]
 
 
 @pytest.mark.parametrize("who", ["alice", "erin", "bob"])
@@ -47,15 +47,15 @@ def test_it_gives_403_to_roles_other_than_compliance(world, events, who, name, a
 
 
 def test_it_gives_403_on_event_detail_to_an_employee(world, events) -> None:
-    assert logged_in(world.alice).get(reverse("audit:event", args=[events["a"].pk])).status_code == 403
+    assert logged_in(world.alice).get(reverse("audit:event_detail", args=[events["a"].pk])).status_code == 403
 
 
 def test_it_shows_compliance_only_their_tenants_events(world, events) -> None:
     client = logged_in(world.frank)  # compliance in tenant B
-    page = table(client.get(reverse("audit:trail")))
+    page = table(client.get(reverse("audit:event_list")))
     assert "conversation:42" in page and "conversation:41" not in page
-    assert client.get(reverse("audit:event", args=[events["a"].pk])).status_code == 404
-    export = b"".join(client.get(reverse("audit:export", args=["jsonl"]))).decode()
+    assert client.get(reverse("audit:event_detail", args=[events["a"].pk])).status_code == 404
+    export = b"".join(client.get(reverse("audit:event_export", args=["jsonl"]))).decode()
     organizations = {json.loads(line)["organization"]["id"] for line in export.splitlines()}
     assert organizations == {str(world.tenant_b.pk)} and "A secret plan" not in export
 
@@ -64,24 +64,24 @@ def test_it_filters_by_action_actor_target_and_outcome(world, events) -> None:
     client = logged_in(world.dora)
     audit_record(tenant_id=world.tenant_a.pk, actor=actor_for(user_id=None, role="anonymous", name="mallory"),
                  action="auth.login_failed", outcome="failure")
-    body = table(client.get(reverse("audit:trail"), {"action": "auth", "outcome": "failure"}))
+    body = table(client.get(reverse("audit:event_list"), {"action": "auth", "outcome": "failure"}))
     assert "auth.login_failed" in body and "conversation.delete" not in body
-    body = table(client.get(reverse("audit:trail"), {"actor": "alice", "target": "conversation:41"}))
+    body = table(client.get(reverse("audit:event_list"), {"actor": "alice", "target": "conversation:41"}))
     assert "conversation:41" in body and "mallory" not in body
-    body = client.get(reverse("audit:trail"), {"start": "2030-01-01T00:00", "end": "2020-01-01T00:00"}).content.decode()
+    body = client.get(reverse("audit:event_list"), {"start": "2030-01-01T00:00", "end": "2020-01-01T00:00"}).content.decode()
     assert "must be before" in body
 
 
 def test_it_shows_an_event_and_the_chain_status(world, events) -> None:
     client = logged_in(world.dora)
-    page = client.get(reverse("audit:trail")).content.decode()
+    page = client.get(reverse("audit:event_list")).content.decode()
     assert "Chain verified up to event" in page
-    detail = client.get(reverse("audit:event", args=[events["a"].pk])).content.decode()
+    detail = client.get(reverse("audit:event_detail", args=[events["a"].pk])).content.decode()
     assert "A secret plan" in detail and events["a"].hash in detail
 
 
 def test_it_exports_csv_with_a_header_row(world, events) -> None:
-    response = logged_in(world.dora).get(reverse("audit:export", args=["csv"]), {"action": "conversation.delete"})
+    response = logged_in(world.dora).get(reverse("audit:event_export", args=["csv"]), {"action": "conversation.delete"})
     lines = b"".join(response).decode().splitlines()
     assert lines[0].startswith("@timestamp,event.sequence,event.action")
     assert len(lines) == 2 and "conversation.delete" in lines[1] and "A secret plan" in lines[1]

@@ -14,14 +14,14 @@ register = template.Library()
 @register.filter(name="markdown")
 def markdown_filter(text: str) -> SafeString:
     # render_markdown escapes raw HTML and sanitizes the result, so marking it safe is sound.
-    return mark_safe(render_markdown(text or ""))  # noqa: S308
+    return mark_safe(render_markdown(text or ""))
 
 
 @register.filter(name="answer_html")
 def answer_html_filter(message: Message) -> SafeString:
     """An assistant message's answer, its [n] markers linked to the passages it cites."""
     # render_answer builds the links as markdown tokens and sanitizes the result, so it is sound.
-    return mark_safe(render_answer(message.content or "", message.citations or []))  # noqa: S308
+    return mark_safe(render_answer(message.content or "", message.citations or []))
 
 
 @register.filter(name="citation_href")

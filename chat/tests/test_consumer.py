@@ -23,7 +23,7 @@ def session_cookie(user) -> bytes:
     return f"sessionid={client.cookies['sessionid'].value}".encode()
 
 
-async def connect(user, conversation_id: int) -> tuple[WebsocketCommunicator, bool, int | None]:
+async def connect(user, conversation_id: int) -> tuple[WebsocketCommunicator, bool, int | str | None]:
     headers = [(b"origin", b"http://localhost")]
     if user is not None:
         headers.append((b"cookie", await database_sync_to_async(session_cookie)(user)))

@@ -81,12 +81,12 @@ def choose(world, conversation: Conversation, ids: list[int]) -> list[int]:
 
 
 def submit(conversation: Conversation, text: str, django_capture_on_commit_callbacks) -> Message:
-    with tenant_context(conversation.tenant_id):
-        with django_capture_on_commit_callbacks(execute=False):  # the test runs the turn itself
-            _, reply = services.message_submit(
-                conversation=conversation, text=text,
-                actor=actor_for(user_id=conversation.user_id, role="employee"),
-            )
+    # The test runs the turn itself: the task queued on commit is captured, not executed.
+    with tenant_context(conversation.tenant_id), django_capture_on_commit_callbacks(execute=False):
+        _, reply = services.message_submit(
+            conversation=conversation, text=text,
+            actor=actor_for(user_id=conversation.user_id, role="employee"),
+        )
     return reply
 
 
@@ -152,7 +152,7 @@ def test_it_chooses_knowledge_bases_from_the_conversation_page(world, conversati
     assert 'id="knowledge-chooser"' in page and "Handbook" in page
     assert "Board papers" not in page  # Alice may not use it, so it is not offered
 
-    url = reverse("chat:conversation_knowledge", args=[conversation.pk])
+    url = reverse("chat:conversation_set_knowledge_bases", args=[conversation.pk])
     assert url == f"/c/{conversation.pk}/knowledge/"
     response = client.post(url, {"knowledge_base": [str(handbook.pk), str(owners_only.pk), "x"]},
                            HTTP_HX_REQUEST="true")
@@ -184,7 +184,7 @@ def test_it_hides_the_chooser_when_the_member_may_use_no_knowledge_base(world, c
 
 def test_it_returns_404_to_charlie_tenant_b_and_to_others_for_the_chooser(world, conversation) -> None:
     handbook, _ = make_kb(world.tenant_a, "Handbook", {})
-    url = reverse("chat:conversation_knowledge", args=[conversation.pk])
+    url = reverse("chat:conversation_set_knowledge_bases", args=[conversation.pk])
     # Charlie (tenant B) gets 404; so does Bob, in the same tenant but not the conversation's owner.
     for user in (world.charlie, world.bob):
         assert client_for(user).post(url, {"knowledge_base": [str(handbook.pk)]}).status_code == 404

@@ -36,7 +36,7 @@ def test_it_redirects_home_to_the_latest_conversation(world, conversation) -> No
 
 def test_it_creates_renames_and_deletes_with_audit(world) -> None:
     client = client_for(world.alice)
-    response = client.post(reverse("chat:conversation_new"))
+    response = client.post(reverse("chat:conversation_create"))
     with tenant_context(world.tenant_a.pk):
         conversation = Conversation.objects.get(user=world.alice)
     assert response.status_code == 302 and conversation.tenant == world.tenant_a

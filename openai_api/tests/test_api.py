@@ -43,7 +43,7 @@ def post_completion(key: str, body: dict[str, Any] | str, client: Client | None 
 
 
 def model_ids(key: str) -> list[str]:
-    response = Client().get(reverse("openai:models"), headers=bearer(key))
+    response = Client().get(reverse("openai:model_list"), headers=bearer(key))
     assert response.status_code == 200
     body = response.json()
     assert body["object"] == "list"
@@ -72,15 +72,15 @@ def all_messages() -> int:
 def test_it_answers_401_in_openai_format_for_missing_wrong_and_revoked_keys(world) -> None:
     key = make_key(world.tenant_a, world.alice)
     assert model_ids(key)[0] == wire.BASE_MODEL
-    assert_openai_error(Client().get(reverse("openai:models")), 401, "invalid_api_key")
-    assert_openai_error(Client().get(reverse("openai:models"), headers=bearer(key + "x")), 401, "invalid_api_key")
-    assert_openai_error(Client().get(reverse("openai:models"), headers={"Authorization": f"Basic {key}"}), 401)
+    assert_openai_error(Client().get(reverse("openai:model_list")), 401, "invalid_api_key")
+    assert_openai_error(Client().get(reverse("openai:model_list"), headers=bearer(key + "x")), 401, "invalid_api_key")
+    assert_openai_error(Client().get(reverse("openai:model_list"), headers={"Authorization": f"Basic {key}"}), 401)
     response = post_completion("dsw-wrong", {"model": wire.BASE_MODEL, "messages": [{"role": "user", "content": "hi"}]})
     assert_openai_error(response, 401, "invalid_api_key")
     assert response["WWW-Authenticate"].startswith("Bearer")
     with tenant_context(world.tenant_a.pk):
         services.api_key_revoke(key=ApiKey.objects.get(), actor=SYSTEM)
-    assert "revoked" in assert_openai_error(Client().get(reverse("openai:models"), headers=bearer(key)), 401)["message"]
+    assert "revoked" in assert_openai_error(Client().get(reverse("openai:model_list"), headers=bearer(key)), 401)["message"]
     assert all_messages() == 0
 
 
@@ -88,13 +88,13 @@ def test_it_refuses_keys_of_deactivated_users_and_members(world) -> None:
     key = make_key(world.tenant_a, world.alice)
     with tenant_context(world.tenant_a.pk):
         Membership.objects.filter(tenant=world.tenant_a, user=world.alice).update(is_active=False)
-    assert_openai_error(Client().get(reverse("openai:models"), headers=bearer(key)), 401, "invalid_api_key")
+    assert_openai_error(Client().get(reverse("openai:model_list"), headers=bearer(key)), 401, "invalid_api_key")
     with tenant_context(world.tenant_a.pk):
         Membership.objects.filter(tenant=world.tenant_a, user=world.alice).update(is_active=True)
     assert model_ids(key)
     world.alice.is_active = False
     world.alice.save(update_fields=["is_active"])
-    assert_openai_error(Client().get(reverse("openai:models"), headers=bearer(key)), 401, "invalid_api_key")
+    assert_openai_error(Client().get(reverse("openai:model_list"), headers=bearer(key)), 401, "invalid_api_key")
 
 
 def test_it_lists_the_chat_model_and_the_knowledge_bases_the_keys_user_may_read(world) -> None:
@@ -104,7 +104,7 @@ def test_it_lists_the_chat_model_and_the_knowledge_bases_the_keys_user_may_read(
     assert alice_models == [wire.BASE_MODEL, wire.kb_model_id(handbook.pk)]
     assert set(model_ids(make_key(world.tenant_a, world.bob))) == {
         wire.BASE_MODEL, wire.kb_model_id(handbook.pk), wire.kb_model_id(board.pk)}
-    detail = Client().get(reverse("openai:model", args=[wire.kb_model_id(handbook.pk)]),
+    detail = Client().get(reverse("openai:model_detail", args=[wire.kb_model_id(handbook.pk)]),
                           headers=bearer(make_key(world.tenant_a, world.alice)))
     assert detail.status_code == 200 and detail.json()["object"] == "model" and "Handbook" in detail.json()["name"]
 
@@ -113,10 +113,10 @@ def test_it_shows_tenant_b_keys_nothing_of_tenant_a(world) -> None:
     secret = make_kb(world.tenant_a, "A-SECRET-KB")
     charlie = make_key(world.tenant_b, world.charlie)
     assert model_ids(charlie) == [wire.BASE_MODEL]
-    listing = Client().get(reverse("openai:models"), headers=bearer(charlie)).content.decode()
+    listing = Client().get(reverse("openai:model_list"), headers=bearer(charlie)).content.decode()
     assert "A-SECRET-KB" not in listing and "tenant-a" not in listing
     model = wire.kb_model_id(secret.pk)
-    assert_openai_error(Client().get(reverse("openai:model", args=[model]), headers=bearer(charlie)), 404, "model_not_found")
+    assert_openai_error(Client().get(reverse("openai:model_detail", args=[model]), headers=bearer(charlie)), 404, "model_not_found")
     response = post_completion(charlie, {"model": model, "messages": [{"role": "user", "content": "secrets?"}]})
     error = assert_openai_error(response, 404, "model_not_found")
     assert "A-SECRET-KB" not in json.dumps(error)

@@ -9,8 +9,8 @@ import pytest
 from django.conf import settings
 
 from audit.services import SYSTEM
-from chat import turns as chat_turns
 from chat import streams
+from chat import turns as chat_turns
 from chat.models import Message
 from chat.prompts import build_chat_messages
 from knowledge.retrieval import Passage

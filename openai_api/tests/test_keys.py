@@ -32,7 +32,7 @@ def events(tenant, action: str) -> list[AuditEvent]:
 
 
 def create(client: Client, user, name: str = "CI bot"):
-    return client.post(reverse("apikeys:create"), {"name": name, "user": user.pk})
+    return client.post(reverse("apikeys:api_key_create"), {"name": name, "user": user.pk})
 
 
 def test_it_shows_a_new_key_once_and_stores_only_its_hash_and_prefix(world) -> None:
@@ -49,7 +49,7 @@ def test_it_shows_a_new_key_once_and_stores_only_its_hash_and_prefix(world) -> N
     assert key.prefix == plaintext[:12] and len(plaintext) > 40
     assert key.user_id == world.alice.pk and key.created_by_id == world.bob.pk
     assert plaintext not in {key.name, key.prefix, key.key_hash}
-    listing = owner.get(reverse("apikeys:list")).content.decode()
+    listing = owner.get(reverse("apikeys:api_key_list")).content.decode()
     assert f'id="api-key-{key.pk}"' in listing and key.prefix in listing and plaintext not in listing
     [event] = events(world.tenant_a, "api_key.create")
     assert event.actor_id == world.bob.pk and event.target_id == str(key.pk)
@@ -57,7 +57,7 @@ def test_it_shows_a_new_key_once_and_stores_only_its_hash_and_prefix(world) -> N
 
 
 def test_it_links_the_keys_page_from_the_console(world) -> None:
-    assert reverse("apikeys:list") in logged_in(world.bob).get(reverse("console:home")).content.decode()
+    assert reverse("apikeys:api_key_list") in logged_in(world.bob).get(reverse("console:home")).content.decode()
 
 
 def test_it_revokes_a_key_and_audits_it_once(world) -> None:
@@ -65,11 +65,11 @@ def test_it_revokes_a_key_and_audits_it_once(world) -> None:
     create(owner, world.bob)
     [key] = keys_of(world.tenant_a)
     for _ in range(2):  # a second click changes nothing
-        assert owner.post(reverse("apikeys:revoke", args=[key.pk])).status_code == 302
+        assert owner.post(reverse("apikeys:api_key_revoke", args=[key.pk])).status_code == 302
     [key] = keys_of(world.tenant_a)
     assert key.revoked_at is not None
     assert len(events(world.tenant_a, "api_key.revoke")) == 1
-    assert "revoked" in owner.get(reverse("apikeys:list")).content.decode()
+    assert "revoked" in owner.get(reverse("apikeys:api_key_list")).content.decode()
 
 
 def test_it_refuses_a_key_for_someone_outside_the_tenant_or_without_a_name(world) -> None:
@@ -84,22 +84,22 @@ def test_it_refuses_a_key_for_someone_outside_the_tenant_or_without_a_name(world
 
 @pytest.mark.parametrize("who", ["alice", "erin", "dora"])
 def test_it_gives_403_to_everyone_but_owners(world, who) -> None:
-    logged_in(world.bob).post(reverse("apikeys:create"), {"name": "k", "user": world.alice.pk})
+    logged_in(world.bob).post(reverse("apikeys:api_key_create"), {"name": "k", "user": world.alice.pk})
     [key] = keys_of(world.tenant_a)
     client = logged_in(getattr(world, who))
-    assert client.get(reverse("apikeys:list")).status_code == 403
+    assert client.get(reverse("apikeys:api_key_list")).status_code == 403
     assert create(client, getattr(world, who)).status_code == 403
-    assert client.post(reverse("apikeys:revoke", args=[key.pk])).status_code == 403
+    assert client.post(reverse("apikeys:api_key_revoke", args=[key.pk])).status_code == 403
     assert len(keys_of(world.tenant_a)) == 1 and keys_of(world.tenant_a)[0].revoked_at is None
 
 
 def test_it_gives_charlie_404_on_tenant_a_keys_even_as_tenant_b_owner(world) -> None:
-    logged_in(world.bob).post(reverse("apikeys:create"), {"name": "A-SECRET-KEY-NAME", "user": world.alice.pk})
+    logged_in(world.bob).post(reverse("apikeys:api_key_create"), {"name": "A-SECRET-KEY-NAME", "user": world.alice.pk})
     [key] = keys_of(world.tenant_a)
     with tenant_context(world.tenant_b.pk):
         Membership.objects.filter(tenant=world.tenant_b, user=world.charlie).update(role=Role.OWNER)
     charlie = logged_in(world.charlie)
-    assert charlie.post(reverse("apikeys:revoke", args=[key.pk])).status_code == 404
-    listing = charlie.get(reverse("apikeys:list"))
+    assert charlie.post(reverse("apikeys:api_key_revoke", args=[key.pk])).status_code == 404
+    listing = charlie.get(reverse("apikeys:api_key_list"))
     assert listing.status_code == 200 and "A-SECRET-KEY-NAME" not in listing.content.decode()
     assert keys_of(world.tenant_a)[0].revoked_at is None

@@ -55,14 +55,14 @@ OBJECT_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
     "chat:conversation_rename": lambda b: [
         ("post", reverse("chat:conversation_rename", args=[b["conversation"]]), {"title": "hijacked"})],
     "chat:conversation_delete": lambda b: [("post", reverse("chat:conversation_delete", args=[b["conversation"]]), {})],
-    "audit:event": lambda b: [("get", reverse("audit:event", args=[b["event"]]), {})],
+    "audit:event_detail": lambda b: [("get", reverse("audit:event_detail", args=[b["event"]]), {})],
     "console:membership_change_role": lambda b: [
         ("post", reverse("console:membership_change_role", args=[b["membership"]]), {"role": "owner"})],
     "console:membership_set_active": lambda b: [
         ("post", reverse("console:membership_set_active", args=[b["membership"]]), {"active": "0"})],
     "console:tenant_switch": lambda b: [("post", reverse("console:tenant_switch"), {"tenant_id": b["tenant"]})],
-    "chat:conversation_knowledge": lambda b: [
-        ("post", reverse("chat:conversation_knowledge", args=[b["conversation"]]), {"knowledge_base": [b["kb"]]})],
+    "chat:conversation_set_knowledge_bases": lambda b: [
+        ("post", reverse("chat:conversation_set_knowledge_bases", args=[b["conversation"]]), {"knowledge_base": [b["kb"]]})],
     "knowledge:detail": lambda b: [("get", reverse("knowledge:detail", args=[b["kb"]]), {})],
     "knowledge:update": lambda b: [("post", reverse("knowledge:update", args=[b["kb"]]), {
         "name": "hijacked", "chunk_max_tokens": 256, "chunk_overlap_tokens": 32})],
@@ -80,15 +80,15 @@ OBJECT_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
                                 ("post", reverse("api:documents", args=[b["kb"]]), {})],
     "api:document": lambda b: [("get", reverse("api:document", args=[b["document"]]), {}),
                                ("delete", reverse("api:document", args=[b["document"]]), {})],
-    "apikeys:revoke": lambda b: [("post", reverse("apikeys:revoke", args=[b["api_key"]]), {})],
+    "apikeys:api_key_revoke": lambda b: [("post", reverse("apikeys:api_key_revoke", args=[b["api_key"]]), {})],
 }
 # Endpoints without an object in the path: B's ids go in the query and the body instead.
 COLLECTION_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
     "chat:home": lambda b: [("get", reverse("chat:home"), {"conversation": b["conversation"]})],
-    "chat:conversation_new": lambda b: [("post", reverse("chat:conversation_new"), {"conversation": b["conversation"]})],
-    "audit:trail": lambda b: [("get", reverse("audit:trail"), {"target": f"conversation:{b['conversation']}"})],
-    "audit:export": lambda b: [
-        ("get", reverse("audit:export", args=[fmt]), {"target": f"conversation:{b['conversation']}"})
+    "chat:conversation_create": lambda b: [("post", reverse("chat:conversation_create"), {"conversation": b["conversation"]})],
+    "audit:event_list": lambda b: [("get", reverse("audit:event_list"), {"target": f"conversation:{b['conversation']}"})],
+    "audit:event_export": lambda b: [
+        ("get", reverse("audit:event_export", args=[fmt]), {"target": f"conversation:{b['conversation']}"})
         for fmt in ("jsonl", "csv")
     ],
     "healthz": lambda b: [("get", reverse("healthz"), {"id": b["conversation"]})],
@@ -104,14 +104,14 @@ COLLECTION_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
                                                                           "chunk_max_tokens": 256,
                                                                           "chunk_overlap_tokens": 32})],
     "api:knowledge_bases": lambda b: [("get", reverse("api:knowledge_bases"), {"tenant": b["tenant"]})],
-    "apikeys:list": lambda b: [("get", reverse("apikeys:list"), {"api_key": b["api_key"]})],
-    "apikeys:create": lambda b: [("post", reverse("apikeys:create"), {"name": "hijack", "user": b["user"],
+    "apikeys:api_key_list": lambda b: [("get", reverse("apikeys:api_key_list"), {"api_key": b["api_key"]})],
+    "apikeys:api_key_create": lambda b: [("post", reverse("apikeys:api_key_create"), {"name": "hijack", "user": b["user"],
                                                                       "tenant": b["tenant"]})],
 }
 # The OpenAI-compatible API authenticates by bearer key: each is swept with tenant A's keys (one
 # per role) asking for B's knowledge base. Object requests must get 404 model_not_found.
 API_OBJECT_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
-    "openai:model": lambda b: [("get", reverse("openai:model", args=[f"deepseek-web:kb:{b['kb']}"]), {})],
+    "openai:model_detail": lambda b: [("get", reverse("openai:model_detail", args=[f"deepseek-web:kb:{b['kb']}"]), {})],
     "openai:chat_completions": lambda b: [
         ("post", reverse("openai:chat_completions"), {
             "model": f"deepseek-web:kb:{b['kb']}", "stream": stream, "user": str(b["user"]),
@@ -120,7 +120,7 @@ API_OBJECT_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
     ],
 }
 API_COLLECTION_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
-    "openai:models": lambda b: [("get", reverse("openai:models"), {"tenant": b["tenant"]})],
+    "openai:model_list": lambda b: [("get", reverse("openai:model_list"), {"tenant": b["tenant"]})],
 }
 
 
@@ -199,7 +199,7 @@ def test_it_shows_tenant_a_api_keys_nothing_of_tenant_b(world, tenant_b_objects,
     # A session is no key: the API refuses it, whatever the role.
     session = Client()
     session.force_login(getattr(world, who))
-    assert session.get(reverse("openai:models")).status_code == 401
+    assert session.get(reverse("openai:model_list")).status_code == 401
     with tenant_context(world.tenant_b.pk):
         assert Message.objects.count() == 1  # the fixture's own
     with tenant_context(world.tenant_a.pk):

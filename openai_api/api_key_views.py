@@ -1,4 +1,4 @@
-"""The tenant owner's API keys page: create a key (shown once), revoke one."""
+"""The tenant owner's API keys page: create a key (shown once), revoke one. Views are named as their URLs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from audit.services import actor_from_request
-from openai_api import services, wire
+from openai_api import selectors, services, wire
 from openai_api.forms import ApiKeyCreateForm
-from openai_api.selectors import api_key_get_in_tenant, api_key_list
 from openai_api.services import ApiKeyError, CreatedApiKey
 from tenants.decorators import role_required
 from tenants.http import TenantRequest
@@ -22,7 +21,7 @@ from tenants.models import Role
 def _page(request: TenantRequest, *, form: ApiKeyCreateForm | None = None, created: CreatedApiKey | None = None,
           status: int = 200) -> HttpResponse:
     return render(request, "openai_api/keys.html", {
-        "api_keys": api_key_list(tenant=request.tenant),
+        "api_keys": selectors.api_key_list(tenant=request.tenant),
         "form": form or ApiKeyCreateForm(tenant=request.tenant, initial={"user": request.user.pk}),
         "created": created,
         "base_url": request.build_absolute_uri("/v1"),
@@ -34,7 +33,7 @@ def _page(request: TenantRequest, *, form: ApiKeyCreateForm | None = None, creat
 @require_GET
 @login_required
 @role_required(Role.OWNER)
-def api_keys(request: TenantRequest) -> HttpResponse:
+def api_key_list(request: TenantRequest) -> HttpResponse:
     return _page(request)
 
 
@@ -42,7 +41,7 @@ def api_keys(request: TenantRequest) -> HttpResponse:
 @require_POST
 @login_required
 @role_required(Role.OWNER)
-def api_key_new(request: TenantRequest) -> HttpResponse:
+def api_key_create(request: TenantRequest) -> HttpResponse:
     form = ApiKeyCreateForm(request.POST, tenant=request.tenant)
     if not form.is_valid():
         return _page(request, form=form, status=400)
@@ -60,6 +59,6 @@ def api_key_new(request: TenantRequest) -> HttpResponse:
 @login_required
 @role_required(Role.OWNER)
 def api_key_revoke(request: TenantRequest, api_key_id: int) -> HttpResponse:
-    key = api_key_get_in_tenant(request.tenant, api_key_id)
+    key = selectors.api_key_get_in_tenant(request.tenant, api_key_id)
     services.api_key_revoke(key=key, actor=actor_from_request(request))
-    return redirect("apikeys:list")
+    return redirect("apikeys:api_key_list")
