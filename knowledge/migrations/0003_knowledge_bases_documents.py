@@ -2,10 +2,10 @@
 
 import django.contrib.postgres.fields
 import django.db.models.deletion
-import knowledge.models
 from django.conf import settings
 from django.db import migrations, models
 
+import knowledge.models
 from tenants.rls import drop_policy_sql, policy_sql
 
 
