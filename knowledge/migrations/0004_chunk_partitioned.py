@@ -11,11 +11,10 @@ import django.db.models.deletion
 import pgvector.django.vector
 from django.db import migrations, models
 
-from knowledge.vector_index import DEFAULT_DIMENSION, PARTITIONS, create_index_sql
-from tenants.rls import policy_sql
-
-PARTITION_NAMES = [f"knowledge_chunk_p{i}" for i in range(PARTITIONS)]
-
+# The SQL is written out as it ran (the partition count, the HNSW index of knowledge.vector_index and
+# the policies of tenants.rls as they were then), so the history stays put when those helpers change.
+# The app role is granted each partition (default privileges), and a partition read directly skips
+# its parent's policy: so each partition carries the policy too.
 CREATE = """
 DROP TABLE IF EXISTS knowledge_chunk;
 CREATE TABLE knowledge_chunk (
@@ -35,19 +34,96 @@ CREATE TABLE knowledge_chunk (
     search_vector tsvector NULL,
     PRIMARY KEY (tenant_id, id)
 ) PARTITION BY HASH (tenant_id);
-""" + "".join(
-    f"CREATE TABLE {name} PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS {PARTITIONS}, REMAINDER {i});\n"
-    for i, name in enumerate(PARTITION_NAMES)
-) + f"""
+CREATE TABLE knowledge_chunk_p0 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 0);
+CREATE TABLE knowledge_chunk_p1 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 1);
+CREATE TABLE knowledge_chunk_p2 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 2);
+CREATE TABLE knowledge_chunk_p3 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 3);
+CREATE TABLE knowledge_chunk_p4 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 4);
+CREATE TABLE knowledge_chunk_p5 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 5);
+CREATE TABLE knowledge_chunk_p6 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 6);
+CREATE TABLE knowledge_chunk_p7 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 7);
+CREATE TABLE knowledge_chunk_p8 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 8);
+CREATE TABLE knowledge_chunk_p9 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 9);
+CREATE TABLE knowledge_chunk_p10 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 10);
+CREATE TABLE knowledge_chunk_p11 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 11);
+CREATE TABLE knowledge_chunk_p12 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 12);
+CREATE TABLE knowledge_chunk_p13 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 13);
+CREATE TABLE knowledge_chunk_p14 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 14);
+CREATE TABLE knowledge_chunk_p15 PARTITION OF knowledge_chunk FOR VALUES WITH (MODULUS 16, REMAINDER 15);
+
 CREATE INDEX knowledge_chunk_document ON knowledge_chunk (document_id, ordinal);
 CREATE INDEX knowledge_chunk_kb ON knowledge_chunk (knowledge_base_id);
 CREATE INDEX knowledge_chunk_fts ON knowledge_chunk USING gin (search_vector);
-{create_index_sql(DEFAULT_DIMENSION)};
-""" + policy_sql("knowledge_chunk") + "".join(
-    # The app role is granted each partition (default privileges), and a partition read
-    # directly skips its parent's policy: so each partition carries the policy too.
-    policy_sql(name) for name in PARTITION_NAMES
-)
+CREATE INDEX IF NOT EXISTS knowledge_chunk_hnsw_384 ON knowledge_chunk USING hnsw ((embedding::vector(384)) vector_cosine_ops) WITH (m = 16, ef_construction = 64) WHERE embedding_dim = 384;
+
+ALTER TABLE knowledge_chunk ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p0 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p0 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p0 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p1 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p1 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p1 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p2 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p2 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p2 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p3 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p3 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p3 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p4 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p4 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p4 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p5 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p5 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p5 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p6 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p6 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p6 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p7 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p7 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p7 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p8 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p8 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p8 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p9 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p9 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p9 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p10 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p10 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p10 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p11 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p11 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p11 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p12 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p12 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p12 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p13 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p13 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p13 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p14 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p14 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p14 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+
+ALTER TABLE knowledge_chunk_p15 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_chunk_p15 FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON knowledge_chunk_p15 USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint) WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::bigint);
+"""
 
 
 class Migration(migrations.Migration):
