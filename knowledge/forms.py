@@ -1,3 +1,5 @@
+"""The knowledge admin pages' forms: a knowledge base's settings and access, a source to sync."""
+
 from __future__ import annotations
 
 from django import forms

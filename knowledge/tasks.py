@@ -1,3 +1,5 @@
+"""Celery tasks of the knowledge app: thin wrappers that run the pipeline's steps and the source syncs."""
+
 from __future__ import annotations
 
 from celery import shared_task

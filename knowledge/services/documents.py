@@ -73,8 +73,8 @@ def document_put(*, knowledge_base: KnowledgeBase, name: str, pieces: Iterable[b
         stored = storage.store(tenant_id, pieces, limit=limit)
     except storage.TooLarge:
         return _upload_reject(knowledge_base, clean_name,
-                       f"The file is larger than the {settings.KNOWLEDGE_MAX_FILE_MB} MB limit per file.",
-                       uploaded_by, actor)
+                              f"The file is larger than the {settings.KNOWLEDGE_MAX_FILE_MB} MB limit per file.",
+                              uploaded_by, actor)
     try:
         fmt = detect_format(clean_name, stored.head)
     except IngestError as exc:
@@ -132,7 +132,7 @@ def _reset_for_ingest(document: Document, stored: storage.StoredFile, fmt: str, 
 
 
 def _upload_reject(knowledge_base: KnowledgeBase, name: str, reason: str, uploaded_by: User | None, actor: Actor,
-            size: int = 0) -> UploadOutcome:
+                   size: int = 0) -> UploadOutcome:
     """A file refused before ingestion still gets a row, so the admin sees which file and why."""
     shown = name or "(unnamed file)"
     with tenant_context(knowledge_base.tenant_id):

@@ -49,8 +49,9 @@ def _knowledge_base_members_replace(knowledge_base: KnowledgeBase, user_ids: Seq
     )
 
 
-def _knowledge_base_fields_validated(tenant_id: int, name: str, roles: Iterable[str], chunk_max_tokens: int, chunk_overlap_tokens: int,
-               *, exclude_pk: int | None = None) -> tuple[str, list[str]]:
+def _knowledge_base_fields_validated(tenant_id: int, name: str, roles: Iterable[str], chunk_max_tokens: int,
+                                     chunk_overlap_tokens: int, *,
+                                     exclude_pk: int | None = None) -> tuple[str, list[str]]:
     """The cleaned name and roles of a knowledge base being created or changed, or the reason not."""
     name = " ".join(name.split())[:200]
     if not name:
@@ -69,8 +70,9 @@ def _knowledge_base_fields_validated(tenant_id: int, name: str, roles: Iterable[
 def knowledge_base_create(*, tenant: Tenant, name: str, description: str = "", access_roles: Iterable[str] | None = None,
                           member_ids: Sequence[int] = (), chunk_max_tokens: int = 256, chunk_overlap_tokens: int = 32,
                           sensitive: bool = False, created_by: User | None = None, actor: Actor) -> KnowledgeBase:
-    name, roles = _knowledge_base_fields_validated(tenant.pk, name, access_roles if access_roles is not None else [r.value for r in Role],
-                             chunk_max_tokens, chunk_overlap_tokens)
+    requested_roles = access_roles if access_roles is not None else [r.value for r in Role]
+    name, roles = _knowledge_base_fields_validated(tenant.pk, name, requested_roles, chunk_max_tokens,
+                                                   chunk_overlap_tokens)
     knowledge_base = KnowledgeBase.objects.create(
         tenant=tenant, name=name, description=description.strip(), access_roles=roles,
         chunk_max_tokens=chunk_max_tokens, chunk_overlap_tokens=chunk_overlap_tokens, sensitive=sensitive,
@@ -88,8 +90,8 @@ def knowledge_base_update(*, knowledge_base: KnowledgeBase, name: str, descripti
                           member_ids: Sequence[int], chunk_max_tokens: int, chunk_overlap_tokens: int,
                           sensitive: bool | None = None, actor: Actor) -> KnowledgeBase:
     """Changes a knowledge base's settings; `sensitive` None leaves that flag as it is."""
-    name, roles = _knowledge_base_fields_validated(knowledge_base.tenant_id, name, access_roles, chunk_max_tokens, chunk_overlap_tokens,
-                             exclude_pk=knowledge_base.pk)
+    name, roles = _knowledge_base_fields_validated(knowledge_base.tenant_id, name, access_roles, chunk_max_tokens,
+                                                   chunk_overlap_tokens, exclude_pk=knowledge_base.pk)
     if sensitive is not None:
         knowledge_base_set_sensitive(knowledge_base=knowledge_base, sensitive=sensitive, actor=actor)
     knowledge_base.name, knowledge_base.description, knowledge_base.access_roles = name, description.strip(), roles

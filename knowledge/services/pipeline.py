@@ -62,7 +62,7 @@ def document_ingest(*, tenant_id: int, document_id: int) -> None:
     from knowledge.ingest.sandbox import parse_in_child
 
     document = _document_advance(tenant_id, document_id, Document.Status.PARSING,
-                     expect=[Document.Status.QUEUED, Document.Status.PARSING, Document.Status.CHUNKING])
+                                 expect=[Document.Status.QUEUED, Document.Status.PARSING, Document.Status.CHUNKING])
     if document is None:
         return
     t0 = time.monotonic()
