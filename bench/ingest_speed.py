@@ -53,7 +53,7 @@ from typing import Any
 
 os.environ.setdefault("DSW_REDIS_DB", "3")  # before stack.py, which would pick 2 (see the docstring)
 
-from stack import ROOT, prepare_stack  # noqa: E402 - the environment above must come first
+from stack import ROOT, prepare_stack  # after the environment above, which stack.py reads
 
 DB_NAME = "dsw_bench_ingest"
 os.environ["DB_NAME"] = DB_NAME  # stack.py set dsw_bench; Django reads it at setup, after this
@@ -282,7 +282,7 @@ def machine_cpu() -> float:
     import psutil
 
     t = psutil.cpu_times()
-    return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+    return float(t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0))
 
 
 def postgres_cpu() -> tuple[dict[int, float], float]:
@@ -347,8 +347,8 @@ def prepare(storage_dir: Path) -> tuple[Any, Any]:
 
 def start_workers(log: Any) -> list[subprocess.Popen[bytes]]:
     """The `gpu` and `ingest` workers with `./dsw run`'s options (deepseek_web/cli.py)."""
-    from deepseek_web.redis_client import sync_client
     from deepseek_web.celery import GPU_READY_KEY
+    from deepseek_web.redis_client import sync_client
 
     sync_client().delete(GPU_READY_KEY)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -386,20 +386,21 @@ def upload_and_wait(tenant: Any, user: Any, name: str, files: dict[str, bytes],
     from django.utils import timezone
 
     from audit.services import SYSTEM
-    from knowledge import services
     from knowledge.models import Document
+    from knowledge.services.documents import documents_upload
+    from knowledge.services.knowledge_bases import knowledge_base_create
     from tenants.rls import tenant_context
 
     with tenant_context(tenant.pk):
-        kb = services.knowledge_base_create(tenant=tenant, name=name, actor=SYSTEM)
+        kb = knowledge_base_create(tenant=tenant, name=name, actor=SYSTEM)
     uploads = []
     for filename, data in files.items():
         handle = io.BytesIO(data)
         handle.name = filename
         uploads.append(handle)
     started = timezone.now()
-    outcomes = services.documents_upload(knowledge_base=kb, files=uploads, uploaded_by=user, actor=SYSTEM)
-    if any(o.outcome != "queued" for o in outcomes):
+    outcomes = documents_upload(knowledge_base=kb, files=uploads, uploaded_by=user, actor=SYSTEM)
+    if any(o.result != "queued" for o in outcomes):
         raise RuntimeError(f"not all uploads were queued: {[(o.document.name, o.message) for o in outcomes]}")
     ids = [o.document.pk for o in outcomes]
     deadline = time.monotonic() + timeout

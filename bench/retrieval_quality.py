@@ -41,10 +41,16 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from stack import ROOT, prepare_stack
+
+if TYPE_CHECKING:
+    from knowledge.retrieval import Passage
+
+# One chunk row as loaded for scoring: its fields, the embedding as a numpy vector.
+ChunkRow = dict[str, Any]
 
 DATA = ROOT / "bench" / "data" / "qa"
 TENANT_SLUG = "bench-quality"
@@ -57,7 +63,7 @@ TIE = 0.005  # tuning-half MRRs closer than this are a tie, won by the variant w
 @dataclass
 class Question:
     id: str
-    set: str  # "main" (split into tuning and held-out halves) or "fresh" (written after the choice)
+    batch: str  # "main" (split into tuning and held-out halves) or "fresh" (written after the choice)
     lang: str
     kind: str
     doc: str
@@ -74,8 +80,8 @@ class Candidates:
 
     vector: list[int]
     text: list[int]
-    hybrid: list  # list[Passage], fused order, embeddings loaded
-    retrieved: list  # list[Passage], retrieve()'s answer
+    hybrid: list[Passage]  # fused order, embeddings loaded
+    retrieved: list[Passage]  # retrieve()'s answer
 
 
 # --- the dataset in the database ---------------------------------------------------------------
@@ -85,37 +91,41 @@ def ingest(chunk_tokens: int, overlap: int) -> tuple[int, int]:
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from audit.services import SYSTEM
-    from knowledge import services
     from knowledge.models import Document, KnowledgeBase
     from knowledge.selectors import embedding_model_id
+    from knowledge.services import documents as document_services
+    from knowledge.services import pipeline
+    from knowledge.services.documents import document_delete, documents_upload
+    from knowledge.services.knowledge_bases import knowledge_base_create
+    from knowledge.services.pipeline import document_embed, document_ingest
     from tenants.models import Tenant
     from tenants.rls import tenant_context
 
     # There is no worker for dsw_bench's queues: the pipeline's steps run here, in this process.
-    services._enqueue_ingest = lambda document: None
-    services._enqueue_embed = lambda tenant_id, document_id: None
+    document_services._enqueue_ingest = lambda document: None
+    pipeline._enqueue_embed = lambda tenant_id, document_id: None
 
     tenant, _ = Tenant.objects.get_or_create(slug=TENANT_SLUG, defaults={"name": "Bench retrieval quality"})
     name = f"QA set {chunk_tokens}/{overlap} {embedding_model_id()}"  # another model: another knowledge base
     with tenant_context(tenant.pk):
-        kb = KnowledgeBase.objects.filter(tenant=tenant, name=name).first() or services.knowledge_base_create(
+        kb = KnowledgeBase.objects.filter(tenant=tenant, name=name).first() or knowledge_base_create(
             tenant=tenant, name=name, chunk_max_tokens=chunk_tokens, chunk_overlap_tokens=overlap, actor=SYSTEM)
     files = sorted(p for p in (DATA / "docs").iterdir() if p.is_file())
-    outcomes = services.documents_upload(
+    outcomes = documents_upload(
         knowledge_base=kb, files=[SimpleUploadedFile(p.name, p.read_bytes()) for p in files], uploaded_by=None,
         actor=SYSTEM)
     names = {p.name for p in files}
     with tenant_context(tenant.pk):
         for gone in Document.objects.filter(knowledge_base=kb).exclude(name__in=names):
-            services.document_delete(document=gone, actor=SYSTEM)
+            document_delete(document=gone, actor=SYSTEM)
     work = 0
     for outcome in outcomes:
         document = outcome.document
-        if outcome.outcome == "rejected":
+        if outcome.result == "rejected":
             raise SystemExit(f"{document.name}: rejected: {document.error}")
         if document.status != Document.Status.READY:
-            services.document_ingest(tenant_id=tenant.pk, document_id=document.pk)
-            services.document_embed(tenant_id=tenant.pk, document_id=document.pk)
+            document_ingest(tenant_id=tenant.pk, document_id=document.pk)
+            document_embed(tenant_id=tenant.pk, document_id=document.pk)
             work += 1
     with tenant_context(tenant.pk):
         documents = list(Document.objects.filter(knowledge_base=kb).values_list("name", "status", "error"))
@@ -126,22 +136,23 @@ def ingest(chunk_tokens: int, overlap: int) -> tuple[int, int]:
     return tenant.pk, kb.pk
 
 
-def load_chunks(tenant_id: int, kb_id: int) -> dict[int, dict]:
+def load_chunks(tenant_id: int, kb_id: int) -> dict[int, ChunkRow]:
     from knowledge.models import Chunk
     from tenants.rls import tenant_context
 
     with tenant_context(tenant_id):
-        rows = list(Chunk.objects.filter(knowledge_base_id=kb_id).values(
-            "id", "document_id", "document__name", "ordinal", "heading", "text", "token_count", "embedding"))
+        rows: list[ChunkRow] = [dict(row) for row in Chunk.objects.filter(knowledge_base_id=kb_id).values(
+            "id", "document_id", "document__name", "ordinal", "heading", "text", "token_count", "embedding")]
     for row in rows:
         row["embedding"] = np.asarray(row["embedding"], dtype=np.float64)
     return {row["id"]: row for row in rows}
 
 
-def load_questions(chunks: dict[int, dict], seed: int) -> tuple[list[Question], list[Question]]:
+def load_questions(chunks: dict[int, ChunkRow], seed: int) -> tuple[list[Question], list[Question]]:
     """(questions with their gold chunks, questions whose answer no single chunk holds)."""
     questions = [Question(**q) for q in json.loads((DATA / "questions.json").read_text())]
-    usable, cut = [], []
+    usable: list[Question] = []
+    cut: list[Question] = []
     for q in questions:
         q.gold = {cid for cid, c in chunks.items() if q.answer in c["text"]}
         docs = {chunks[cid]["document__name"] for cid in q.gold}
@@ -150,9 +161,9 @@ def load_questions(chunks: dict[int, dict], seed: int) -> tuple[list[Question], 
         (usable if q.gold else cut).append(q)
     rng = random.Random(seed)
     for q in usable:
-        q.split = q.set
+        q.split = q.batch
     for lang in sorted({q.lang for q in usable}):  # stratified: both halves get both languages
-        group = [q for q in usable if q.lang == lang and q.set == "main"]
+        group = [q for q in usable if q.lang == lang and q.batch == "main"]
         rng.shuffle(group)
         for n, q in enumerate(group):
             q.split = "tune" if n % 2 == 0 else "held-out"
@@ -163,23 +174,28 @@ def search_all(tenant_id: int, kb_id: int, questions: list[Question]) -> dict[st
     from django.conf import settings
 
     from inference import runtime
-    from knowledge.retrieval import hybrid_search, retrieve, text_search, vector_search
+    from knowledge.chunk_store import text_search, vector_search
+    from knowledge.retrieval import hybrid_search, retrieve
     from knowledge.selectors import embedding_model_id
     from tenants.rls import tenant_context
 
     model = embedding_model_id()
     vectors = runtime.get_embedder().embed([q.question for q in questions])
-    found = {}
+    found: dict[str, Candidates] = {}
     n = settings.KNOWLEDGE_CANDIDATES
+    kb_ids = [kb_id]
     for q, vector in zip(questions, vectors, strict=True):
         q.embedding = np.asarray(vector, dtype=np.float64)
-        common = {"tenant_id": tenant_id, "knowledge_base_ids": [kb_id]}
         with tenant_context(tenant_id):
             found[q.id] = Candidates(
-                vector=[i for i, _ in vector_search(**common, embedding=vector, model=model, k=n)],
-                text=[i for i, _ in text_search(**common, query=q.question, model=model, k=n)],
-                hybrid=hybrid_search(**common, query=q.question, embedding=vector, model=model, candidates=n),
-                retrieved=retrieve(**common, query=q.question, embedding=vector, model=model),
+                vector=[i for i, _ in vector_search(tenant_id=tenant_id, knowledge_base_ids=kb_ids, embedding=vector,
+                                                    model=model, k=n)],
+                text=[i for i, _ in text_search(tenant_id=tenant_id, knowledge_base_ids=kb_ids, query=q.question,
+                                                model=model, k=n)],
+                hybrid=hybrid_search(tenant_id=tenant_id, knowledge_base_ids=kb_ids, query=q.question,
+                                     embedding=vector, model=model, candidates=n),
+                retrieved=retrieve(tenant_id=tenant_id, knowledge_base_ids=kb_ids, query=q.question,
+                                   embedding=vector, model=model),
             )
     return found
 
@@ -213,10 +229,16 @@ def score(ranks: Sequence[int | None]) -> Score:
 Method = Callable[[Question, Candidates], list[int]]
 
 
+def query_vector(q: Question) -> list[float]:
+    """The question's embedding as the rerankers take it (search_all has set it)."""
+    assert q.embedding is not None
+    return [float(x) for x in q.embedding]
+
+
 def rerank_with(reranker: object) -> Method:
     def method(q: Question, c: Candidates) -> list[int]:
         # Rerankers set score and similarity on the passages they get: give each its own copy.
-        chosen = reranker.rerank(q.question, q.embedding.tolist(), copy.deepcopy(c.hybrid), DEPTH)  # type: ignore[attr-defined]
+        chosen = reranker.rerank(q.question, query_vector(q), copy.deepcopy(c.hybrid), DEPTH)  # type: ignore[attr-defined]
         return [p.chunk_id for p in chosen]
     return method
 
@@ -284,13 +306,13 @@ VARIANTS = [
 ]
 
 
-def neighbour_index(chunks: dict[int, dict]) -> dict[int, list[int]]:
+def neighbour_index(chunks: dict[int, ChunkRow]) -> dict[int, list[int]]:
     at = {(c["document_id"], c["ordinal"]): cid for cid, c in chunks.items()}
     return {cid: [at[k] for k in ((c["document_id"], c["ordinal"] - 1), (c["document_id"], c["ordinal"] + 1)) if k in at]
             for cid, c in chunks.items()}
 
 
-def run_variant(v: Variant, q: Question, c: Candidates, chunks: dict[int, dict],
+def run_variant(v: Variant, q: Question, c: Candidates, chunks: dict[int, ChunkRow],
                 neighbours: dict[int, list[int]]) -> list[int]:
     passages = c.hybrid
     if not passages:
@@ -435,11 +457,11 @@ def main() -> None:
 
     # The relevance gate, on what retrieve() gates: the shipped reranker's top KNOWLEDGE_TOP_K.
     k = settings.KNOWLEDGE_TOP_K
-    tops = {q.id: shipped.rerank(q.question, q.embedding.tolist(), copy.deepcopy(found[q.id].hybrid), k)
+    tops = {q.id: shipped.rerank(q.question, query_vector(q), copy.deepcopy(found[q.id].hybrid), k)
             for q in questions}
     before = [q for q in questions if q.gold & {p.chunk_id for p in tops[q.id]}]
 
-    def spare_text_top(passages: list, margin: float) -> list:
+    def spare_text_top(passages: list[Passage], margin: float) -> list[Passage]:
         """The gate, except that a passage the full-text search ranked in its top SPARE stays."""
         kept = {p.chunk_id for p in relevance_gate(passages, margin)}
         return [p for p in passages if p.chunk_id in kept or (p.text_rank is not None and p.text_rank <= SPARE)]

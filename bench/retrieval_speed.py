@@ -1,4 +1,4 @@
-"""Retrieval speed: tenant-filtered HNSW search (`knowledge.retrieval.vector_search`) against exact search.
+"""Retrieval speed: tenant-filtered HNSW search (`knowledge.chunk_store.vector_search`) against exact search.
 
 Data: --tenants x --per-tenant (100 x 10,000 = 1M) chunks of 384-d unit vectors in the real, partitioned
 `knowledge_chunk`: a seeded two-level Gaussian mixture (400 topic centres shared by all tenants; each
@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-
 from stack import prepare_stack
 
 DIM, K, SEED, CENTRES, TOPICS, SUBTOPICS, DOCS, MODEL = 384, 10, 20240611, 400, 16, 200, 5, "bench"
@@ -45,7 +44,8 @@ Search = Callable[[int, int, list[float]], Hits]  # (tenant id, knowledge base i
 
 def noisy(rng: np.random.Generator, base: np.ndarray, spread: float) -> np.ndarray:
     x = base + rng.standard_normal(base.shape) * (spread / np.sqrt(DIM))
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+    unit: np.ndarray = (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+    return unit
 
 
 def topics(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -218,7 +218,7 @@ def main() -> None:
     prepare_stack()
     from django.db import connection
 
-    import knowledge.retrieval as retrieval
+    from knowledge.chunk_store import vector_search
     from knowledge.vector_index import index_name
     from tenants.rls import tenant_context
 
@@ -257,8 +257,8 @@ def main() -> None:
 
         def search(tenant_id: int, kb_id: int, query: list[float]) -> Hits:
             with connection.execute_wrapper(scan_mode):
-                return retrieval.vector_search(tenant_id=tenant_id, knowledge_base_ids=[kb_id],
-                                               embedding=query, model=MODEL, k=K, ef_search=ef)
+                return vector_search(tenant_id=tenant_id, knowledge_base_ids=[kb_id],
+                                     embedding=query, model=MODEL, k=K, ef_search=ef)
         return search
 
     def uses_index(plan: str) -> bool:
@@ -291,10 +291,10 @@ def main() -> None:
     for label in runs:
         got, indexed = rounds[0][label][0], float(np.mean([r[label][2] for r in rounds]))
         ms = [t for r in rounds for t in r[label][1]]
-        recalls = [len(set(g) & set(t)) / max(1, len(t)) for g, t in zip(got, truth)]
+        recalls = [len(set(g) & set(t)) / max(1, len(t)) for g, t in zip(got, truth, strict=True)]
         recall, full, p50 = float(np.mean(recalls)), np.mean([len(g) == K for g in got]), float(np.median(ms))
         exact_p50 = exact_p50 or p50
-        kinds = [float(np.mean([r for r, b in zip(recalls, broad) if b == kind] or [1])) for kind in (0, 1)]
+        kinds = [float(np.mean([r for r, b in zip(recalls, broad, strict=True) if b == kind] or [1])) for kind in (0, 1)]
         print(f"{label:24} {recall:9.3f} {kinds[0]:8.3f} {kinds[1]:6.3f} {min(recalls):5.2f} {full:7.1%}"
               f" {indexed:9.1%} {p50:7.2f} {np.percentile(ms, 95):7.2f} {p50 / exact_p50:8.2f}x")
         if label.startswith("hnsw") and recall >= 0.95 and full == 1 and p50 <= 10:
@@ -303,7 +303,7 @@ def main() -> None:
           + (f"met from ef_search={min(meets)}, the default" if meets else "not met by any ef_search"))
 
     ef = min(meets or args.ef_search)
-    exact_plans = [q for q, used in zip(queries, rounds[0][f"hnsw ef_search={ef}"][2]) if not used]
+    exact_plans = [q for q, used in zip(queries, rounds[0][f"hnsw ef_search={ef}"][2], strict=True) if not used]
     shown: list[tuple[str, Search, tuple[int, int, list[float]]]] = [
         ("hnsw", hnsw(ef), queries[0]), ("exact", exact_search, queries[0]),
         *[("hnsw, a query planned as a scan", hnsw(ef), q) for q in exact_plans[:1]]]

@@ -1,1 +1,3 @@
+"""Knowledge bases: uploads and synced sources, parsed, chunked and embedded for cited answers."""
+
 from __future__ import annotations

@@ -17,9 +17,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from audit.services import actor_from_request
-from knowledge import services
 from knowledge.models import Document, KnowledgeBase
-from knowledge.selectors import MANAGERS, document_get_for_manager, knowledge_base_get_for_manager, knowledge_bases_for_member
+from knowledge.selectors import (
+    MANAGERS,
+    document_get_for_manager,
+    documents_of_knowledge_base,
+    knowledge_base_get_for_manager,
+    knowledge_bases_for_member,
+    knowledge_bases_of_tenant,
+)
+from knowledge.services.documents import document_delete, documents_upload
 from tenants.models import Membership
 
 
@@ -37,25 +44,25 @@ class DocumentSerializer(serializers.ModelSerializer[Document]):
                   "started_at", "finished_at"]
 
 
-def _membership(request: Request) -> Membership:
-    membership = getattr(request._request, "membership", None)
+def _request_membership(request: Request) -> Membership:
+    membership: Membership | None = getattr(request._request, "membership", None)
     if membership is None:
         raise PermissionDenied("You are not a member of any organisation.")
     return membership
 
 
-def _manager(request: Request) -> Membership:
-    membership = _membership(request)
+def _request_manager_membership(request: Request) -> Membership:
+    membership = _request_membership(request)
     if membership.role not in MANAGERS:
         raise PermissionDenied("Only knowledge admins and owners manage knowledge bases.")
     return membership
 
 
 @api_view(["GET"])
-def knowledge_base_list(request: Request) -> Response:
-    membership = _membership(request)
+def knowledge_bases(request: Request) -> Response:
+    membership = _request_membership(request)
     if membership.role in MANAGERS:
-        queryset = KnowledgeBase.objects.filter(tenant_id=membership.tenant_id).order_by("name")
+        queryset = knowledge_bases_of_tenant(membership.tenant_id)
     else:
         queryset = knowledge_bases_for_member(membership)
     return Response(KnowledgeBaseSerializer(queryset, many=True).data)
@@ -63,31 +70,30 @@ def knowledge_base_list(request: Request) -> Response:
 
 @api_view(["GET", "POST"])
 @parser_classes([MultiPartParser])
-def document_list(request: Request, knowledge_base_id: int) -> Response:
-    knowledge_base = knowledge_base_get_for_manager(_manager(request), knowledge_base_id)
+def documents(request: Request, knowledge_base_id: int) -> Response:
+    knowledge_base = knowledge_base_get_for_manager(_request_manager_membership(request), knowledge_base_id)
     if request.method == "GET":
-        documents = Document.objects.filter(knowledge_base=knowledge_base).order_by("-created_at", "-id")
-        return Response(DocumentSerializer(documents, many=True).data)
+        return Response(DocumentSerializer(documents_of_knowledge_base(knowledge_base), many=True).data)
     files = request.FILES.getlist("files")
     if not files:
         return Response({"detail": "Send one or more files in the multipart field `files`."},
                         status=status.HTTP_400_BAD_REQUEST)
-    outcomes = services.documents_upload(knowledge_base=knowledge_base, files=files, uploaded_by=request.user,  # type: ignore[arg-type]
-                                         actor=actor_from_request(request._request))
+    outcomes = documents_upload(knowledge_base=knowledge_base, files=files, uploaded_by=request.user,  # type: ignore[arg-type]
+                                actor=actor_from_request(request._request))
     body: list[dict[str, Any]] = [
-        {"outcome": o.outcome, "message": o.message, "document": DocumentSerializer(o.document).data} for o in outcomes
+        {"outcome": o.result, "message": o.message, "document": DocumentSerializer(o.document).data} for o in outcomes
     ]
-    accepted = any(o.outcome != "rejected" for o in outcomes)
+    accepted = any(o.result != "rejected" for o in outcomes)
     return Response(body, status=status.HTTP_201_CREATED if accepted else status.HTTP_400_BAD_REQUEST)
 
 
 @api_view(["GET", "DELETE"])
-def document_detail(request: Request, document_id: int) -> Response:
+def document(request: Request, document_id: int) -> Response:
     try:
-        document = document_get_for_manager(_manager(request), document_id)
+        document = document_get_for_manager(_request_manager_membership(request), document_id)
     except Http404:
         return Response({"detail": "No such document."}, status=status.HTTP_404_NOT_FOUND)
     if request.method == "DELETE":
-        services.document_delete(document=document, actor=actor_from_request(request._request))
+        document_delete(document=document, actor=actor_from_request(request._request))
         return Response(status=status.HTTP_204_NO_CONTENT)
     return Response(DocumentSerializer(document).data)

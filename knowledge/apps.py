@@ -1,3 +1,5 @@
+"""The knowledge app's configuration: after `migrate`, the HNSW index of the configured embedding model."""
+
 from __future__ import annotations
 
 from typing import Any

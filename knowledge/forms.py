@@ -1,9 +1,12 @@
+"""The knowledge admin pages' forms: a knowledge base's settings and access, a source to sync."""
+
 from __future__ import annotations
 
 from django import forms
 
 from knowledge.models import KnowledgeSource
-from tenants.models import Membership, Role, Tenant
+from knowledge.selectors import knowledge_base_member_choices
+from tenants.models import Role, Tenant
 
 
 class KnowledgeBaseForm(forms.Form):
@@ -19,8 +22,7 @@ class KnowledgeBaseForm(forms.Form):
 
     def __init__(self, *args: object, tenant: Tenant, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        members = Membership.objects.filter(tenant=tenant, is_active=True).select_related("user").order_by("user__username")
-        self.fields["member_ids"].choices = [(m.user_id, m.user.username) for m in members]  # type: ignore[attr-defined]
+        self.fields["member_ids"].choices = knowledge_base_member_choices(tenant)  # type: ignore[attr-defined]
         if not self.is_bound and "access_roles" not in self.initial:
             self.initial["access_roles"] = [r.value for r in Role]
 

@@ -1,4 +1,8 @@
+"""Knowledge bases, who may use them, their sources, documents, and the documents' chunks."""
+
 from __future__ import annotations
+
+from functools import partial
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
@@ -8,9 +12,10 @@ from pgvector.django import VectorField
 
 from tenants.models import Role, TenantOwned
 
-
-def default_access_roles() -> list[str]:
-    return [role.value for role in Role]
+# Every role may chat with a new knowledge base unless told otherwise. A partial over literals rather
+# than a function: migrations serialize it by value, so they carry the roles instead of importing
+# this module (a changed role list then shows up as a migration of its own).
+default_access_roles: partial[list[str]] = partial(list, tuple(role.value for role in Role))
 
 
 class KnowledgeBase(TenantOwned):
@@ -128,7 +133,7 @@ class Document(TenantOwned):
 class Chunk(TenantOwned):
     """A passage of a document, with its embedding and its full-text vector.
 
-    The table is hash-partitioned by tenant (migration 0003, in SQL: Django cannot declare
+    The table is hash-partitioned by tenant (migration 0004, in SQL: Django cannot declare
     partitions). A tenant's query then searches one partition's HNSW graph, shared with a few
     tenants instead of all, so a filtered nearest-neighbour search finds k rows quickly.
     PostgreSQL wants the partition key in the primary key, so the real key is (tenant_id, id);

@@ -3,26 +3,18 @@
 Tenant- and access-aware twice over: the caller's tenant context makes row-level security hide
 other tenants' chunks, and every query also names the tenant and the knowledge bases this user
 may read (`knowledge.selectors.knowledge_bases_for_member`), so a missing context or a bug in
-one layer still returns nothing it should not.
-
-Vector search uses the HNSW index of the embedding's dimension (knowledge.vector_index) with
-pgvector's iterative scans: an HNSW scan visits a bounded candidate list (ef_search) and the
-filters apply afterwards, so without them a shared index could leave fewer than k rows of ours.
-`relaxed_order` can return rows slightly out of distance order, so they are sorted again.
+one layer still returns nothing it should not. The two searches' SQL is in knowledge.chunk_store.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from django.conf import settings
-from django.db import connection
 
+from knowledge.chunk_store import text_search, vector_search
 from knowledge.models import Chunk
-from knowledge.text import tsquery_parts
-from knowledge.vector_index import distance_sql, vector_literal
 
 # Reciprocal rank fusion's constant, from Cormack et al. (2009); it damps the top ranks' weight.
 RRF_K = 60
@@ -47,57 +39,6 @@ class Passage:
     @property
     def label(self) -> str:
         return f"{self.document_title} — {self.heading}" if self.heading else self.document_title
-
-
-def _configure_scan(cursor: object, ef_search: int) -> None:
-    cursor.execute(  # type: ignore[attr-defined]
-        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.ef_search', %s, true)",
-        [str(ef_search)],
-    )
-
-
-def vector_search(*, tenant_id: int, knowledge_base_ids: Sequence[int], embedding: Sequence[float],
-                  model: str, k: int = 10, ef_search: int | None = None) -> list[tuple[int, float]]:
-    """(chunk id, cosine distance) of the k nearest chunks, nearest first. The caller holds the context."""
-    if not knowledge_base_ids:
-        return []
-    dim = len(embedding)
-    with connection.cursor() as cursor:
-        _configure_scan(cursor, ef_search or settings.KNOWLEDGE_HNSW_EF_SEARCH)
-        cursor.execute(
-            f"SELECT id, {distance_sql(dim)} AS distance FROM knowledge_chunk"
-            " WHERE tenant_id = %s AND embedding_dim = %s AND embedding_model = %s"
-            " AND knowledge_base_id = ANY(%s) ORDER BY distance LIMIT %s",
-            [vector_literal(embedding), tenant_id, dim, model, list(knowledge_base_ids), k],
-        )
-        rows = cursor.fetchall()
-    return sorted(((int(i), float(d)) for i, d in rows), key=lambda row: row[1])
-
-
-def text_search(*, tenant_id: int, knowledge_base_ids: Sequence[int], query: str, model: str,
-                k: int = 10) -> list[tuple[int, float]]:
-    """(chunk id, ts_rank_cd) of the k best full-text matches. Only chunks already embedded by the
-    current model count, so both searches see the same, finished passages (and a chunk left over
-    from another embedding model never reaches the reranker with a vector it cannot compare)."""
-    latin, cjk = tsquery_parts(query)
-    terms: list[str] = []
-    params: list[Any] = []
-    if latin:
-        terms.append("to_tsquery('english', %s)")
-        params.append(latin)
-    if cjk:
-        terms.append("to_tsquery('simple', %s)")
-        params.append(cjk)
-    if not terms or not knowledge_base_ids:
-        return []
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT id, ts_rank_cd(search_vector, q) AS rank FROM knowledge_chunk, (SELECT {' || '.join(terms)} AS q) AS t"
-            " WHERE tenant_id = %s AND knowledge_base_id = ANY(%s) AND embedding_model = %s"
-            " AND embedding IS NOT NULL AND search_vector @@ q ORDER BY rank DESC, id LIMIT %s",
-            [*params, tenant_id, list(knowledge_base_ids), model, k],
-        )
-        return [(int(i), float(r)) for i, r in cursor.fetchall()]
 
 
 def rrf(rankings: Sequence[Sequence[int]]) -> dict[int, float]:

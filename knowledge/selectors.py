@@ -8,8 +8,8 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
-from knowledge.models import Document, KnowledgeBase, KnowledgeSource
-from tenants.models import Membership, Role
+from knowledge.models import Chunk, Document, KnowledgeBase, KnowledgeSource
+from tenants.models import Membership, Role, Tenant
 
 MANAGERS = (Role.KNOWLEDGE_ADMIN, Role.OWNER)
 
@@ -28,6 +28,38 @@ def knowledge_bases_for_member(membership: Membership) -> QuerySet[KnowledgeBase
         .distinct()
         .order_by("name")
     )
+
+
+def knowledge_bases_of_tenant(tenant_id: int) -> QuerySet[KnowledgeBase]:
+    """All of a tenant's knowledge bases, by name: what its managers see."""
+    return KnowledgeBase.objects.filter(tenant_id=tenant_id).order_by("name")
+
+
+def knowledge_base_member_ids(knowledge_base: KnowledgeBase) -> list[int]:
+    """The users given access to `knowledge_base` by name."""
+    return list(knowledge_base.members.values_list("user_id", flat=True))
+
+
+def knowledge_base_member_choices(tenant: Tenant) -> list[tuple[int, str]]:
+    """(user id, username) of the tenant's active members, by username: who can be given access by name."""
+    members = Membership.objects.filter(tenant=tenant, is_active=True).select_related("user").order_by("user__username")
+    return [(m.user_id, m.user.username) for m in members]
+
+
+def documents_of_knowledge_base(knowledge_base: KnowledgeBase) -> list[Document]:
+    """A knowledge base's documents, newest first."""
+    return list(Document.objects.filter(knowledge_base=knowledge_base).order_by("-created_at", "-id"))
+
+
+def sources_of_knowledge_base(knowledge_base: KnowledgeBase) -> QuerySet[KnowledgeSource]:
+    """A knowledge base's URL and folder sources, oldest first."""
+    return KnowledgeSource.objects.filter(knowledge_base=knowledge_base).order_by("id")
+
+
+def chunks_of_document(document: Document) -> list[Chunk]:
+    """A document's passages in reading order, with only the fields the document viewer shows."""
+    return list(Chunk.objects.filter(document=document).order_by("ordinal")
+                .only("id", "ordinal", "heading", "text", "page"))
 
 
 def knowledge_base_ids_allowed(membership: Membership, requested: list[int]) -> list[int]:

@@ -24,9 +24,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.services import SYSTEM, Actor, audit_record
-from knowledge import services
 from knowledge.ingest.formats import FORMATS as EXTENSIONS
 from knowledge.models import Document, KnowledgeBase, KnowledgeSource
+from knowledge.services import KnowledgeInputError
+from knowledge.services.documents import document_delete, document_put
 from tenants.models import Tenant
 from tenants.rls import tenant_context
 
@@ -37,7 +38,7 @@ CONTENT_TYPES = {"text/html": ".html", "application/xhtml+xml": ".html", "applic
                  "text/plain": ".txt", "text/markdown": ".md", "text/csv": ".csv"}
 
 
-class SourceError(services.KnowledgeInputError):
+class SourceError(KnowledgeInputError):
     pass
 
 
@@ -99,7 +100,7 @@ def source_delete(*, source: KnowledgeSource, actor: Actor) -> None:
     audit_record(tenant_id=source.tenant_id, actor=actor, action="source.delete", target_type="source",
                  target_id=source.pk, payload={"kind": source.kind, "location": source.location})
     for document in Document.objects.filter(source=source):
-        services.document_delete(document=document, actor=actor)
+        document_delete(document=document, actor=actor)
     source.delete()
 
 
@@ -155,13 +156,14 @@ def source_sync(*, tenant_id: int, source_id: int) -> dict[str, int]:
     return counts
 
 
-def _put(source: KnowledgeSource, name: str, pieces: Iterator[bytes], counts: dict[str, int]) -> None:
-    outcome = services.document_put(knowledge_base=source.knowledge_base, name=name, pieces=pieces,
-                                    uploaded_by=None, actor=SYSTEM, source=source)
-    counts[outcome.outcome] += 1
+def _source_document_put(source: KnowledgeSource, name: str, pieces: Iterator[bytes],
+                         counts: dict[str, int]) -> None:
+    outcome = document_put(knowledge_base=source.knowledge_base, name=name, pieces=pieces,
+                           uploaded_by=None, actor=SYSTEM, source=source)
+    counts[outcome.result] += 1
 
 
-def _read(path: Path) -> Iterator[bytes]:
+def _file_pieces(path: Path) -> Iterator[bytes]:
     with path.open("rb") as handle:
         while piece := handle.read(1 << 20):
             yield piece
@@ -178,12 +180,12 @@ def _sync_folder(source: KnowledgeSource, counts: dict[str, int]) -> None:
             continue
         name = path.relative_to(root).as_posix()
         seen.add(name)
-        _put(source, name, _read(path), counts)
+        _source_document_put(source, name, _file_pieces(path), counts)
     with tenant_context(source.tenant_id):
         gone = list(Document.objects.filter(source=source).exclude(name__in=seen))
     for document in gone:
         with tenant_context(source.tenant_id):
-            services.document_delete(document=document, actor=SYSTEM)
+            document_delete(document=document, actor=SYSTEM)
         counts["removed"] += 1
 
 
@@ -195,7 +197,7 @@ def _sync_url(source: KnowledgeSource, counts: dict[str, int]) -> None:
     if source.etag and has_ready:
         request.add_header("If-None-Match", source.etag)
     try:
-        response: Any = urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S)  # noqa: S310 - scheme checked
+        response: Any = urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S)  # scheme checked
     except urllib.error.HTTPError as exc:
         if exc.code == 304:
             counts["unchanged"] += 1
@@ -211,4 +213,4 @@ def _sync_url(source: KnowledgeSource, counts: dict[str, int]) -> None:
         source.etag = response.headers.get("ETag", "")[:500]
         # The document's name is the URL; the extension tells the parser what the bytes are.
         name = url if url.lower().endswith(suffix) else f"{url}#{suffix}"
-        _put(source, name, iter(lambda: response.read(1 << 20), b""), counts)
+        _source_document_put(source, name, iter(lambda: response.read(1 << 20), b""), counts)

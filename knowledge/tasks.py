@@ -1,18 +1,21 @@
+"""Celery tasks of the knowledge app: thin wrappers that run the pipeline's steps and the source syncs."""
+
 from __future__ import annotations
 
 from celery import shared_task
 
-from knowledge import services, sync
+from knowledge import sync
+from knowledge.services import pipeline
 
 
 @shared_task(name="knowledge.tasks.ingest_document")
 def ingest_document(*, tenant_id: int, document_id: int) -> None:
-    services.document_ingest(tenant_id=tenant_id, document_id=document_id)
+    pipeline.document_ingest(tenant_id=tenant_id, document_id=document_id)
 
 
 @shared_task(name="knowledge.tasks.embed_document")
 def embed_document(*, tenant_id: int, document_id: int) -> None:
-    services.document_embed(tenant_id=tenant_id, document_id=document_id)
+    pipeline.document_embed(tenant_id=tenant_id, document_id=document_id)
 
 
 @shared_task(name="knowledge.tasks.sync_source")
@@ -27,4 +30,4 @@ def sync_due_sources() -> int:
 
 @shared_task(name="knowledge.tasks.sweep_stale_documents")
 def sweep_stale_documents() -> int:
-    return services.documents_sweep_stale()
+    return pipeline.documents_sweep_stale()

@@ -11,16 +11,57 @@ from __future__ import annotations
 
 from django.db import migrations
 
-from knowledge.vector_index import PARTITIONS
-
-NAMES = [f"knowledge_chunk_p{i}" for i in range(PARTITIONS)]
-
-FORWARD = "".join(
-    f"CREATE STATISTICS {name}_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM {name};\n"
-    f"ANALYZE {name};\n"
-    for name in NAMES
-)
-BACKWARD = "".join(f"DROP STATISTICS IF EXISTS {name}_tenant_kb;\n" for name in NAMES)
+# Written out for the 16 partitions of migration 0004, so the history stays put if that count changes.
+FORWARD = """CREATE STATISTICS knowledge_chunk_p0_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p0;
+ANALYZE knowledge_chunk_p0;
+CREATE STATISTICS knowledge_chunk_p1_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p1;
+ANALYZE knowledge_chunk_p1;
+CREATE STATISTICS knowledge_chunk_p2_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p2;
+ANALYZE knowledge_chunk_p2;
+CREATE STATISTICS knowledge_chunk_p3_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p3;
+ANALYZE knowledge_chunk_p3;
+CREATE STATISTICS knowledge_chunk_p4_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p4;
+ANALYZE knowledge_chunk_p4;
+CREATE STATISTICS knowledge_chunk_p5_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p5;
+ANALYZE knowledge_chunk_p5;
+CREATE STATISTICS knowledge_chunk_p6_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p6;
+ANALYZE knowledge_chunk_p6;
+CREATE STATISTICS knowledge_chunk_p7_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p7;
+ANALYZE knowledge_chunk_p7;
+CREATE STATISTICS knowledge_chunk_p8_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p8;
+ANALYZE knowledge_chunk_p8;
+CREATE STATISTICS knowledge_chunk_p9_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p9;
+ANALYZE knowledge_chunk_p9;
+CREATE STATISTICS knowledge_chunk_p10_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p10;
+ANALYZE knowledge_chunk_p10;
+CREATE STATISTICS knowledge_chunk_p11_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p11;
+ANALYZE knowledge_chunk_p11;
+CREATE STATISTICS knowledge_chunk_p12_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p12;
+ANALYZE knowledge_chunk_p12;
+CREATE STATISTICS knowledge_chunk_p13_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p13;
+ANALYZE knowledge_chunk_p13;
+CREATE STATISTICS knowledge_chunk_p14_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p14;
+ANALYZE knowledge_chunk_p14;
+CREATE STATISTICS knowledge_chunk_p15_tenant_kb (dependencies) ON tenant_id, knowledge_base_id FROM knowledge_chunk_p15;
+ANALYZE knowledge_chunk_p15;
+"""
+BACKWARD = """DROP STATISTICS IF EXISTS knowledge_chunk_p0_tenant_kb;
+DROP STATISTICS IF EXISTS knowledge_chunk_p1_tenant_kb;
+DROP STATISTICS IF EXISTS knowledge_chunk_p2_tenant_kb;
+DROP STATISTICS IF EXISTS knowledge_chunk_p3_tenant_kb;
+DROP STATISTICS IF EXISTS knowledge_chunk_p4_tenant_kb;
+DROP STATISTICS IF EXISTS knowledge_chunk_p5_tenant_kb;
+DROP STATISTICS IF EXISTS knowledge_chunk_p6_tenant_kb;
+DROP STATISTICS IF EXISTS knowledge_chunk_p7_tenant_kb;
+DROP STATISTICS IF EXISTS knowledge_chunk_p8_tenant_kb;
+DROP STATISTICS IF EXISTS knowledge_chunk_p9_tenant_kb;
+DROP STATISTICS IF EXISTS knowledge_chunk_p10_tenant_kb;
+DROP STATISTICS IF EXISTS knowledge_chunk_p11_tenant_kb;
+DROP STATISTICS IF EXISTS knowledge_chunk_p12_tenant_kb;
+DROP STATISTICS IF EXISTS knowledge_chunk_p13_tenant_kb;
+DROP STATISTICS IF EXISTS knowledge_chunk_p14_tenant_kb;
+DROP STATISTICS IF EXISTS knowledge_chunk_p15_tenant_kb;
+"""
 
 
 class Migration(migrations.Migration):

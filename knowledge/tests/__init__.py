@@ -1,1 +1,3 @@
+"""Tests of the knowledge app."""
+
 from __future__ import annotations

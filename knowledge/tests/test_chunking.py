@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -31,10 +32,11 @@ CHINESE = [
     "未报销的，财务部门有权不予受理。",
 ]
 
-WORDS = (
-    "employee manager leave policy request approval salary benefit office remote team project deadline "
-    "holiday insurance pension training review contract security laptop password travel expense receipt"
-).split()
+WORDS = [
+    "employee", "manager", "leave", "policy", "request", "approval", "salary", "benefit", "office", "remote",
+    "team", "project", "deadline", "holiday", "insurance", "pension", "training", "review", "contract",
+    "security", "laptop", "password", "travel", "expense", "receipt",
+]
 
 
 def english_sentences(seed: int, n: int) -> list[str]:
@@ -235,7 +237,7 @@ def test_it_overlaps_consecutive_chunks_of_a_section_but_not_across_sections() -
         section = [c for c in chunks if c.heading == heading]
         assert len(section) >= 3
         assert section[0].text.startswith(sentences[0])  # a section never starts with another's text
-        for previous, following in zip(section, section[1:]):
+        for previous, following in pairwise(section):
             carried = overlap_of(previous.text, following.text)
             # Whole sentences of the previous chunk, about overlap_tokens worth (a single sentence may be
             # up to twice that), then new text.
@@ -287,7 +289,7 @@ def test_it_never_exceeds_the_budget_or_loops_with_a_huge_overlap() -> None:
     blocks += [Block("paragraph", p) for p in CHINESE]
     chunks = chunk_document(ParsedDocument(blocks=blocks), max_tokens=32, overlap_tokens=10_000)
     assert_within_budget(chunks, 32)
-    for previous, following in zip(chunks, chunks[1:]):
+    for previous, following in pairwise(chunks):
         assert previous.text != following.text
 
 

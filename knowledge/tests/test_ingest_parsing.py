@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from knowledge.ingest import loaders, sandbox
+from knowledge.ingest import sandbox
 from knowledge.ingest.formats import HEAD_BYTES, detect_format, safe_display_name
-from knowledge.ingest.loaders import NO_TEXT, parse_file
+from knowledge.ingest.loaders import NO_TEXT, common, parse_file
 from knowledge.ingest.sandbox import IMPORT_ROOT, parse_in_child
 from knowledge.ingest.types import Block, IngestError, ParsedDocument
 from knowledge.tests import samples
@@ -531,7 +531,7 @@ def test_it_parses_csv_into_table_blocks_that_repeat_the_header(tmp_path: Path) 
 
 
 def test_it_caps_the_total_text_a_document_may_yield(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loaders, "MAX_TEXT_CHARS", 50)
+    monkeypatch.setattr(common, "MAX_TEXT_CHARS", 50)
     with pytest.raises(IngestError) as error:
         parse_file(str(samples.write_txt(tmp_path)), "txt")
     assert (

@@ -9,8 +9,11 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from audit.services import SYSTEM
-from knowledge import services, storage
+from knowledge import storage
 from knowledge.models import Chunk, Document, KnowledgeBase
+from knowledge.services.documents import UploadOutcome, document_delete, documents_upload
+from knowledge.services.knowledge_bases import demo_knowledge_seed, knowledge_base_create
+from knowledge.services.pipeline import document_embed, document_ingest, documents_sweep_stale
 from knowledge.tests import samples
 from tenants.rls import tenant_context
 
@@ -32,25 +35,26 @@ Report a lost laptop to the service desk within one hour, by phone on extension 
 
 @pytest.fixture(autouse=True)
 def _storage(settings, tmp_path: Path) -> Path:
-    settings.KNOWLEDGE_STORAGE_DIR = tmp_path / "storage"
-    return settings.KNOWLEDGE_STORAGE_DIR
+    storage_dir = tmp_path / "storage"
+    settings.KNOWLEDGE_STORAGE_DIR = storage_dir
+    return storage_dir
 
 
 def kb_of(world, name: str = "Handbook", tenant=None, **kwargs) -> KnowledgeBase:
     tenant = tenant or world.tenant_a
     with tenant_context(tenant.pk):
-        return services.knowledge_base_create(tenant=tenant, name=name, actor=SYSTEM, **kwargs)
+        return knowledge_base_create(tenant=tenant, name=name, actor=SYSTEM, **kwargs)
 
 
-def upload(kb: KnowledgeBase, files: dict[str, bytes]) -> list[services.UploadOutcome]:
-    return services.documents_upload(
+def upload(kb: KnowledgeBase, files: dict[str, bytes]) -> list[UploadOutcome]:
+    return documents_upload(
         knowledge_base=kb, files=[SimpleUploadedFile(name, data) for name, data in files.items()],
         uploaded_by=None, actor=SYSTEM)
 
 
 def run_pipeline(document: Document) -> Document:
-    services.document_ingest(tenant_id=document.tenant_id, document_id=document.pk)
-    services.document_embed(tenant_id=document.tenant_id, document_id=document.pk)
+    document_ingest(tenant_id=document.tenant_id, document_id=document.pk)
+    document_embed(tenant_id=document.tenant_id, document_id=document.pk)
     with tenant_context(document.tenant_id):
         return Document.objects.get(pk=document.pk)
 
@@ -63,7 +67,7 @@ def chunks_of(document: Document) -> list[Chunk]:
 def test_it_ingests_a_markdown_file_into_embedded_searchable_chunks(world) -> None:
     kb = kb_of(world)
     [outcome] = upload(kb, {"handbook.md": HANDBOOK.encode()})
-    assert outcome.outcome == "queued" and outcome.document.status == "queued"
+    assert outcome.result == "queued" and outcome.document.status == "queued"
     document = run_pipeline(outcome.document)
     assert document.status == "ready" and document.progress == 100 and document.error == ""
     chunks = chunks_of(document)
@@ -79,7 +83,7 @@ def test_it_treats_an_identical_reupload_as_a_no_op(world) -> None:
     [first] = upload(kb, {"handbook.md": HANDBOOK.encode()})
     run_pipeline(first.document)
     [again] = upload(kb, {"copy-of-handbook.md": HANDBOOK.encode()})
-    assert again.outcome == "unchanged" and again.document.pk == first.document.pk
+    assert again.result == "unchanged" and again.document.pk == first.document.pk
     with tenant_context(world.tenant_a.pk):
         assert Document.objects.filter(knowledge_base=kb).count() == 1
     # Only the first upload's file is kept.
@@ -92,7 +96,7 @@ def test_it_re_embeds_only_the_chunks_that_changed(world) -> None:
     before = {c.heading: c for c in chunks_of(run_pipeline(first.document))}
     changed = HANDBOOK.replace("sixteen weeks", "twenty weeks")
     [second] = upload(kb, {"handbook.md": changed.encode()})
-    assert second.outcome == "new_version" and second.document.pk == first.document.pk
+    assert second.result == "new_version" and second.document.pk == first.document.pk
     document = run_pipeline(second.document)
     after = {c.heading: c for c in chunks_of(document)}
     assert document.version == 2 and document.status == "ready"
@@ -111,7 +115,7 @@ def test_it_deletes_a_documents_chunks_and_file_with_it(world) -> None:
     document = run_pipeline(outcome.document)
     stored = storage.path_of(document.stored_name)
     with tenant_context(world.tenant_a.pk):
-        services.document_delete(document=document, actor=SYSTEM)
+        document_delete(document=document, actor=SYSTEM)
         assert not Chunk.objects.filter(document_id=document.pk).exists()
     # The file goes when the transaction commits; the test's transaction never does, so run it.
     storage.delete(document.stored_name)
@@ -149,7 +153,7 @@ def test_it_refuses_a_file_over_the_size_limit_without_keeping_it(world, setting
     settings.KNOWLEDGE_MAX_FILE_MB = 1
     kb = kb_of(world)
     [outcome] = upload(kb, {"big.txt": b"word " * (300 * 1024)})
-    assert outcome.outcome == "rejected"
+    assert outcome.result == "rejected"
     assert "larger than the 1 MB limit" in outcome.document.error
     assert [p for p in storage.root().rglob("*") if p.is_file()] == []
 
@@ -180,7 +184,7 @@ def test_it_marks_a_document_stuck_in_a_step_as_failed(world, settings) -> None:
     [outcome] = upload(kb, {"handbook.md": HANDBOOK.encode()})
     with tenant_context(world.tenant_a.pk):
         Document.objects.filter(pk=outcome.document.pk).update(status="parsing")
-    assert services.documents_sweep_stale() == 1
+    assert documents_sweep_stale() == 1
     with tenant_context(world.tenant_a.pk):
         document = Document.objects.get(pk=outcome.document.pk)
     assert document.status == "failed" and "Retry" in document.error
@@ -190,13 +194,13 @@ def test_it_reads_uploads_from_plain_file_objects(world) -> None:
     kb = kb_of(world)
     handle = io.BytesIO(HANDBOOK.encode())
     handle.name = "handbook.md"
-    [outcome] = services.documents_upload(knowledge_base=kb, files=[handle], uploaded_by=None, actor=SYSTEM)
-    assert outcome.outcome == "queued"
+    [outcome] = documents_upload(knowledge_base=kb, files=[handle], uploaded_by=None, actor=SYSTEM)
+    assert outcome.result == "queued"
 
 
 def test_it_seeds_the_demo_handbook_once_and_it_ingests(world) -> None:
-    kb = services.demo_knowledge_seed(tenant=world.tenant_a)
-    assert kb is not None and services.demo_knowledge_seed(tenant=world.tenant_a) is None
+    kb = demo_knowledge_seed(tenant=world.tenant_a)
+    assert kb is not None and demo_knowledge_seed(tenant=world.tenant_a) is None
     with tenant_context(world.tenant_a.pk):
         [document] = Document.objects.filter(knowledge_base=kb)
     document = run_pipeline(document)

@@ -9,12 +9,14 @@ import re
 from django.db import connection
 
 from audit.services import SYSTEM
-from knowledge import services
+from knowledge.chunk_store import chunks_replace, text_search, vector_search
 from knowledge.ingest.types import ChunkDraft
 from knowledge.models import Document, KnowledgeBase
 from knowledge.rerank import EmbeddingReranker
-from knowledge.retrieval import Passage, hybrid_search, retrieve, rrf, text_search, vector_search
+from knowledge.retrieval import Passage, hybrid_search, retrieve, rrf
 from knowledge.selectors import embedding_model_id, knowledge_base_ids_allowed
+from knowledge.services.knowledge_bases import knowledge_base_create
+from knowledge.services.pipeline import document_embed
 from knowledge.vector_index import PARTITIONS
 from tenants.models import Membership, Tenant
 from tenants.rls import tenant_context
@@ -33,7 +35,7 @@ def near(base: list[float], rng: random.Random, spread: float) -> list[float]:
 
 def make_kb(tenant, name: str, **kwargs) -> KnowledgeBase:
     with tenant_context(tenant.pk):
-        return services.knowledge_base_create(tenant=tenant, name=name, actor=SYSTEM, **kwargs)
+        return knowledge_base_create(tenant=tenant, name=name, actor=SYSTEM, **kwargs)
 
 
 def add_texts(kb: KnowledgeBase, texts: list[str], title: str = "doc") -> Document:
@@ -42,9 +44,9 @@ def add_texts(kb: KnowledgeBase, texts: list[str], title: str = "doc") -> Docume
         document = Document.objects.create(tenant_id=kb.tenant_id, knowledge_base=kb, name=title, title=title,
                                            status="embedding")
         drafts = [ChunkDraft(ordinal=i, text=t) for i, t in enumerate(texts)]
-        services.chunks_replace(document=document, drafts=drafts)
+        chunks_replace(document=document, drafts=drafts)
         Document.objects.filter(pk=document.pk).update(chunks_embedded=len(drafts))
-    services.document_embed(tenant_id=kb.tenant_id, document_id=document.pk)
+    document_embed(tenant_id=kb.tenant_id, document_id=document.pk)
     return document
 
 

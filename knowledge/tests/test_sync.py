@@ -12,8 +12,11 @@ import pytest
 from django.utils import timezone
 
 from audit.services import SYSTEM
-from knowledge import services, sync
+from knowledge import sync
 from knowledge.models import Chunk, Document, KnowledgeSource
+from knowledge.services import KnowledgeInputError
+from knowledge.services.knowledge_bases import knowledge_base_create
+from knowledge.services.pipeline import document_embed, document_ingest
 from tenants.rls import tenant_context
 
 
@@ -21,8 +24,8 @@ def ingest_all(source: KnowledgeSource) -> None:
     with tenant_context(source.tenant_id):
         queued = list(Document.objects.filter(source=source, status="queued"))
     for document in queued:
-        services.document_ingest(tenant_id=document.tenant_id, document_id=document.pk)
-        services.document_embed(tenant_id=document.tenant_id, document_id=document.pk)
+        document_ingest(tenant_id=document.tenant_id, document_id=document.pk)
+        document_embed(tenant_id=document.tenant_id, document_id=document.pk)
 
 
 def chunk_ids(source: KnowledgeSource) -> dict[str, set[int]]:
@@ -43,7 +46,7 @@ def folder(settings, tmp_path: Path) -> Path:
 
 def make_source(world, kind: str, location: str) -> KnowledgeSource:
     with tenant_context(world.tenant_a.pk):
-        kb = services.knowledge_base_create(tenant=world.tenant_a, name="Shared drive", actor=SYSTEM)
+        kb = knowledge_base_create(tenant=world.tenant_a, name="Shared drive", actor=SYSTEM)
         return sync.source_create(knowledge_base=kb, kind=kind, location=location, actor=SYSTEM)
 
 
@@ -77,9 +80,9 @@ def test_it_syncs_a_folder_and_then_touches_only_what_changed(world, folder: Pat
 
 
 def test_it_refuses_a_folder_outside_the_allowed_roots(world, folder: Path, tmp_path: Path) -> None:
-    with pytest.raises(services.KnowledgeInputError, match="must be inside"):
+    with pytest.raises(KnowledgeInputError, match="must be inside"):
         make_source(world, "folder", str(folder / ".." / ".."))
-    with pytest.raises(services.KnowledgeInputError, match="must be inside"):
+    with pytest.raises(KnowledgeInputError, match="must be inside"):
         make_source(world, "folder", "/etc")
 
 
@@ -99,7 +102,7 @@ class Site(http.server.BaseHTTPRequestHandler):
     etag = '"v1"'
     hits: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:  # the http.server API names it
         Site.hits.append(self.headers.get("If-None-Match", ""))
         if self.headers.get("If-None-Match") == Site.etag:
             self.send_response(304)
@@ -141,9 +144,9 @@ def test_it_syncs_a_url_and_skips_an_unchanged_page_by_etag(world, site: str) ->
 
 def test_it_refuses_private_addresses_unless_allowed(world, settings) -> None:
     settings.KNOWLEDGE_URL_ALLOW_PRIVATE = False
-    with pytest.raises(services.KnowledgeInputError, match="private address"):
+    with pytest.raises(KnowledgeInputError, match="private address"):
         make_source(world, "url", "http://127.0.0.1:9/")
-    with pytest.raises(services.KnowledgeInputError, match="http"):
+    with pytest.raises(KnowledgeInputError, match="http"):
         make_source(world, "url", "file:///etc/passwd")
 
 

@@ -7,8 +7,8 @@ from django.test import Client
 from django.urls import reverse
 
 from audit.services import SYSTEM
-from knowledge import services
 from knowledge.models import Chunk, Document, KnowledgeBase
+from knowledge.services.knowledge_bases import knowledge_base_create
 from tenants.rls import tenant_context
 
 
@@ -20,7 +20,7 @@ def client_for(user) -> Client:
 
 def make_kb(world, **kwargs) -> KnowledgeBase:
     with tenant_context(world.tenant_a.pk):
-        return services.knowledge_base_create(tenant=world.tenant_a, name="Handbook", actor=SYSTEM, **kwargs)
+        return knowledge_base_create(tenant=world.tenant_a, name="Handbook", actor=SYSTEM, **kwargs)
 
 
 def test_it_lets_a_knowledge_admin_create_a_knowledge_base_with_access_rules(world) -> None:
