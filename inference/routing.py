@@ -148,7 +148,7 @@ def latency_record(*, name: str, ttft_s: float) -> float | None:
     try:
         # The 1-second client: Redis being slow must not hold up a turn, which then routes without it.
         value = fast_client().eval(_EWMA_SCRIPT, 1, LATENCY_KEY.format(name=name), ttft_s,
-                               settings.INFERENCE_LATENCY_WEIGHT, settings.INFERENCE_LATENCY_TTL_S)
+                                   settings.INFERENCE_LATENCY_WEIGHT, settings.INFERENCE_LATENCY_TTL_S)
     except redis.RedisError:
         logger.warning("could not record %s's latency", name, exc_info=True)
         return None

@@ -16,8 +16,9 @@ BatchingName = Literal["static", "continuous", "simple"]
 class Batcher(Protocol):
     """Runs submitted requests on a background thread and feeds their handles' `_on_tokens`.
 
-    Each mode's `start` classmethod builds and starts one; the engine then proves it with a tiny
-    request before serving. All methods are safe to call from any thread.
+    Each mode's `start` classmethod builds and starts one (the engine proves static and
+    continuous batching with a tiny request before serving). All methods are safe to call from
+    any thread.
     """
 
     @property

@@ -36,6 +36,7 @@ class SimpleBatcher:
 
     @classmethod
     def start(cls, model: Any, tokenizer: Any, eos_ids: set[int]) -> SimpleBatcher:
+        """A batcher whose worker thread already waits for requests."""
         batcher = cls(model, tokenizer, eos_ids)
         batcher._thread.start()
         return batcher

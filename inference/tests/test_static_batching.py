@@ -1,6 +1,6 @@
 """Static batching on a tiny random Llama: exact batching, slot release, out-of-memory recovery.
 
-Run without Django: `python -m pytest inference/tests/test_slots.py -p no:django -q`.
+Run without Django: `python -m pytest inference/tests/test_static_batching.py -p no:django -q`.
 """
 
 from __future__ import annotations
