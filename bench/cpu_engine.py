@@ -1,10 +1,10 @@
 """CPU engine: the bundled SmolLM2-135M on this machine's cores, our engine against plain `generate`.
 
 Plain `generate` serves one request at a time (the baseline, measured in the same run); the engine
-serves 1 and 8 concurrent streams, through each backend named in --batching: "static" (our slot
+serves 1 and 8 concurrent streams, through each batching mode named in --batching: "static" (our slot
 cache, the default for Llama-family models) and "continuous" (transformers' batching manager).
 The model loads and the baseline runs on a thread of their own, which ends before the engines
-start, as in the gpu worker: see SlotBackend.call for why a second thread computing with torch
+start, as in the gpu worker: see StaticBatcher.call for why a second thread computing with torch
 would slow the engine's thread. Every request has the same chat
 prompt and generates exactly --new-tokens tokens (end-of-sequence is ignored via min_new_tokens
 for the baseline and a stop-free, length-bound request for the engine). It prints output tok/s,
@@ -26,8 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference.engine import Engine, SamplingParams, default_model_dir  # noqa: E402
-from engine_streams import run_streams  # noqa: E402 - bench/ is the script's own folder
+from engine_streams import run_streams
+
+from inference.engine import Engine, SamplingParams, default_model_dir
 
 
 def main() -> None:
@@ -45,7 +46,7 @@ def main() -> None:
 
     def load_and_time_plain_generate() -> None:
         # On a short-lived thread, as the gpu worker loads: torch gives each thread that computes
-        # an OpenMP team, and with a second team alive every CPU step slows down (SlotBackend.call).
+        # an OpenMP team, and with a second team alive every CPU step slows down (StaticBatcher.call).
         model, tokenizer = load_model(default_model_dir(data / "models"))
         engine = Engine.from_model(model, tokenizer, batching="simple")
         prompt = engine.chat_prompt([{"role": "user", "content": "Write a short story about a lighthouse keeper."}])

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from inference.engine.engine import SamplingParams
+from inference.engine.request import SamplingParams
 
 
 def run_streams(engine: Any, prompts: list[list[int]], new: int) -> dict[str, float]:

@@ -11,9 +11,9 @@ throughput also as a fraction of the bandwidth roofline: a decode step must read
 once plus every sequence's KV cache, so at batch B and mean context L the best step time is
 (weights + B*L*kv_bytes_per_token) / copy bandwidth (measured here), i.e. B / that tokens per second.
 The baseline for the ratios is transformers' continuous batching with its defaults, same run;
-"transformers CB + CUDA graphs" (through our engine's "continuous" backend) is its best
+"transformers CB + CUDA graphs" (through our engine's "continuous" batching) is its best
 configuration that starts in reasonable time, and the table gives our engine against it too.
-It also times single decode steps of the static backend (CUDA graph replays) against the roofline,
+It also times single decode steps of static batching (CUDA graph replays) against the roofline,
 and checks our greedy output against plain `generate` on the same prompt.
 
 Run (from the repository root, on the GPU machine):
@@ -33,8 +33,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference.engine.engine import Engine, SamplingParams  # noqa: E402 - after the path is set
-from engine_streams import run_streams  # noqa: E402 - bench/ is the script's own folder
+from engine_streams import run_streams
+
+from inference.engine.batching.static.scheduler import StaticBatcher
+from inference.engine.engine import Engine
+from inference.engine.request import SamplingParams
 
 
 def build_model(layers: int) -> tuple[Any, Any]:
@@ -50,12 +53,13 @@ def build_model(layers: int) -> tuple[Any, Any]:
     with torch.device("cuda"):
         model = LlamaForCausalLM(config)
     torch.set_default_dtype(torch.float32)
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]  # transformers leaves it untyped
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = None
     # A word-level vocabulary of the model's size: decoding costs what a real tokenizer's would.
     vocab = {f"t{i}": i for i in range(config.vocab_size)}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="t0")))
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # transformers leaves it untyped
+        tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="t0")))
     return model, tokenizer
 
 
@@ -82,7 +86,7 @@ class Roofline:
         self.bandwidth, self.context = bandwidth, prompt + new / 2
 
     def tok_s(self, batch: int) -> float:
-        return batch * self.bandwidth / (self.weights + batch * self.context * self.kv_per_token)
+        return float(batch * self.bandwidth / (self.weights + batch * self.context * self.kv_per_token))
 
 
 def plain_generate(model: Any, prompt: list[int], new: int) -> dict[str, float]:
@@ -101,9 +105,12 @@ def plain_generate(model: Any, prompt: list[int], new: int) -> dict[str, float]:
 def hf_continuous(model: Any, prompts: list[list[int]], new: int) -> dict[str, float]:
     from transformers import GenerationConfig
 
-    config = GenerationConfig(max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
-    model.generate_batch(inputs=prompts[:2], generation_config=GenerationConfig(
-        max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0), progress_bar=False)
+    # transformers leaves GenerationConfig's constructor untyped.
+    config = GenerationConfig(  # type: ignore[no-untyped-call]
+        max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
+    warm_up = GenerationConfig(  # type: ignore[no-untyped-call]
+        max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0)
+    model.generate_batch(inputs=prompts[:2], generation_config=warm_up, progress_bar=False)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     results = model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
@@ -114,11 +121,13 @@ def hf_continuous(model: Any, prompts: list[list[int]], new: int) -> dict[str, f
 
 
 def step_times(engine: Engine, roof: Roofline, contexts: list[int]) -> None:
-    """Replay the static backend's decode graph alone: its time per step against the roofline."""
-    slots = engine._slots
-    for batch in sorted({1, 8, 64, slots.slots} & set(range(1, slots.slots + 1))):
+    """Replay static batching's decode graph alone: its time per step against the roofline."""
+    batcher = engine._batcher
+    assert isinstance(batcher, StaticBatcher)
+    runner = batcher.runner
+    for batch in sorted({1, 8, 64, runner.slots} & set(range(1, runner.slots + 1))):
         for context in contexts:
-            graph = slots._graph(batch, context)
+            graph = runner.graph(batch, context)
             for _ in range(3):
                 graph.replay()
             torch.cuda.synchronize()
@@ -139,7 +148,7 @@ def greedy_agreement(engine: Engine, model: Any, prompt: list[int], new: int = 3
     handle = engine.submit(prompt, SamplingParams(max_new_tokens=new))
     handle.wait(120)
     got = handle.token_ids
-    same = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
+    same = next((i for i, (a, b) in enumerate(zip(expected, got, strict=False)) if a != b), min(len(expected), len(got)))
     return f"{same}/{new} leading tokens identical to plain generate (bf16: near-ties may flip later ones)"
 
 
@@ -166,7 +175,7 @@ def main() -> None:
                         help="also serve these quantizations through our engine (memory, logits delta, tok/s)")
     parser.add_argument("--quant-tokens", type=int, default=64, help="new tokens per request in the quantized runs")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
-                        help="static backend: eager elementwise kernels instead of compiled ones")
+                        help="static batching: eager elementwise kernels instead of compiled ones")
     parser.add_argument("--skip-hf", action="store_true", help="skip plain generate and transformers CB")
     parser.add_argument("--skip-hf-graphs", action="store_true", help="skip transformers CB + CUDA graphs")
     parser.add_argument("--cb", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -217,12 +226,12 @@ def main() -> None:
         t0 = time.perf_counter()
         engine = Engine.from_model(model, tokenizer, batching=args.batching, max_batch=streams,
                                    cb_options=cb_options or None, max_context=context, compile=args.compile)
-        print(f"engine ({engine.backend}, {streams} slots) ready in {time.perf_counter() - t0:.1f} s {engine.stats()}",
+        print(f"engine ({engine.batching}, {streams} slots) ready in {time.perf_counter() - t0:.1f} s {engine.stats()}",
               flush=True)
         try:
             run_streams(engine, prompts[: min(streams, 4)], 8)  # warm-up at this batch size
             result = run_streams(engine, prompts[:streams], args.new_tokens)
-            if streams == max(args.streams) and engine.backend == "static":
+            if streams == max(args.streams) and engine.batching == "static":
                 step_times(engine, roof, sorted({256, context}))
             if streams == 1:
                 print("greedy check:", greedy_agreement(engine, model, prompts[0]), flush=True)
@@ -240,7 +249,7 @@ def main() -> None:
               f"{r['tok_s'] / roof.tok_s(streams):>9.1%}"
               f"{r.get('ttft_p50', float('nan')):>10.1f}{r.get('ttft_p99', float('nan')):>10.1f}"
               f"{r.get('tpot_ms', float('nan')):>9.2f}{r.get('peak_gib', float('nan')):>9.1f}")
-    print(f"roofline tok/s: " + ", ".join(f"{s} streams {roof.tok_s(s):,.0f}" for s in sorted({1, *args.streams})))
+    print("roofline tok/s: " + ", ".join(f"{s} streams {roof.tok_s(s):,.0f}" for s in sorted({1, *args.streams})))
     print(f"best transformers configuration in this run: {best_hf:,.1f} tok/s; ours against it: "
           + ", ".join(f"{s} streams {r['tok_s'] / best_hf:.2f}x" for name, s, r in rows if name.startswith("our")))
     if args.quant:

@@ -37,11 +37,11 @@ from typing import Any
 # under a growing KV cache is the likely cause); the full-length warm-ups below also guard that.
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
-import torch  # noqa: E402 - after the allocator setting
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference.engine.quantization import (  # noqa: E402 - after the path is set
+from inference.engine.quantization import (
     linear_weight_bytes,
     model_bytes,
     quantization_summary,
@@ -63,7 +63,7 @@ def build_model(args: argparse.Namespace) -> Any:
     with torch.device(args.device):
         model = LlamaForCausalLM(config)
     torch.set_default_dtype(torch.float32)
-    return model.eval()
+    return model.eval()  # type: ignore[no-untyped-call]  # transformers leaves it untyped
 
 
 def sync(device: str) -> None:
@@ -174,8 +174,8 @@ def kernel_table(args: argparse.Namespace) -> None:
                     cells.append(f"{us:>11.1f} {base / us:>6.2f}x")
             print(f"{f'{n}x{k}':<12}{rows:>5}" + "".join(cells), flush=True)
     auto8, auto4 = variants[5], variants[6]
-    print(f"auto: int8 {auto8.kernel} up to {auto8.max_kernel_rows} rows, "  # type: ignore[attr-defined]
-          f"int4 {auto4.kernel} up to {auto4.max_kernel_rows} rows, then dequantize + matmul")  # type: ignore[attr-defined]
+    print(f"auto: int8 {auto8.kernel} up to {auto8.max_kernel_rows} rows, "
+          f"int4 {auto4.kernel} up to {auto4.max_kernel_rows} rows, then dequantize + matmul")
 
 
 def main() -> None:

@@ -29,8 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference.engine import default_model_dir, load_model  # noqa: E402
-from inference.engine.quantization import (  # noqa: E402
+from inference.engine import default_model_dir, load_model
+from inference.engine.quantization import (
     linear_weight_bytes,
     model_bytes,
     quantization_summary,

@@ -30,7 +30,9 @@ import redis
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from inference.engine.backends import BackendConfigError, LocalBackend, RemoteBackend, RemoteConfig, StreamHandle
+from deepseek_web.redis_client import fast_client
+from inference.engine.backends import LocalBackend, StreamHandle
+from inference.engine.remote import BackendConfigError, RemoteServer, RemoteServerConfig
 
 if TYPE_CHECKING:
     from inference.engine import Engine, SamplingParams
@@ -49,9 +51,8 @@ redis.call('SET', KEYS[1], tostring(value), 'EX', tonumber(ARGV[3]))
 return tostring(value)
 """
 
-_lock = threading.Lock()
-_backends: tuple[str, list[RemoteBackend]] | None = None
-_redis: redis.Redis | None = None
+_servers_lock = threading.Lock()
+_servers: tuple[str, list[RemoteServer]] | None = None  # (INFERENCE_BACKENDS as JSON, its servers)
 
 
 @dataclass
@@ -102,35 +103,35 @@ def local_name() -> str:
     return runtime.backend_name()
 
 
-def remote_backends() -> list[RemoteBackend]:
+def remote_backends() -> list[RemoteServer]:
     """The configured remote backends, built once per configuration and shared by all threads,
     so each keeps one connection pool and one cached health state."""
-    global _backends
+    global _servers
     raw = settings.INFERENCE_BACKENDS
     signature = json.dumps(raw, sort_keys=True, default=str)
-    with _lock:
-        if _backends is not None and _backends[0] == signature:
-            return _backends[1]
-        built = [RemoteBackend(config) for config in backend_configs(raw)]
-        if _backends is not None:
-            for old in _backends[1]:
+    with _servers_lock:
+        if _servers is not None and _servers[0] == signature:
+            return _servers[1]
+        built = [RemoteServer(config) for config in backend_configs(raw)]
+        if _servers is not None:
+            for old in _servers[1]:
                 old.close()
-        _backends = (signature, built)
+        _servers = (signature, built)
         return built
 
 
-def backend_configs(raw: object) -> list[RemoteConfig]:
+def backend_configs(raw: object) -> list[RemoteServerConfig]:
     """INFERENCE_BACKENDS parsed and checked; the error names the entry and the field."""
     if not isinstance(raw, list):
         raise ImproperlyConfigured("INFERENCE_BACKENDS must be a JSON list of backends")
-    configs: list[RemoteConfig] = []
+    configs: list[RemoteServerConfig] = []
     for entry in raw:
         if isinstance(entry, Mapping) and entry.get("api_key_env"):
             # The key from its own variable, so a secret store can provide it without the JSON.
             entry = {k: v for k, v in entry.items() if k != "api_key_env"} | {
                 "api_key": os.environ.get(str(entry["api_key_env"]), "")}
         try:
-            configs.append(RemoteConfig.from_dict(entry))
+            configs.append(RemoteServerConfig.from_dict(entry))
         except BackendConfigError as exc:
             raise ImproperlyConfigured(f"INFERENCE_BACKENDS: {exc}") from exc
     names = [c.name for c in configs]
@@ -142,21 +143,12 @@ def backend_configs(raw: object) -> list[RemoteConfig]:
 # ---------------------------------------------------------------------- latency
 
 
-def _client() -> redis.Redis:
-    global _redis
-    with _lock:
-        if _redis is None:
-            # Short timeouts: Redis being slow must not hold up a turn, which then routes without it.
-            _redis = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True, socket_timeout=1.0,
-                                          socket_connect_timeout=1.0)
-        return _redis
-
-
 def latency_record(*, name: str, ttft_s: float) -> float | None:
     """Adds one time-to-first-token sample; returns the new average in seconds (None if Redis failed)."""
     try:
-        value = _client().eval(_EWMA_SCRIPT, 1, LATENCY_KEY.format(name=name), ttft_s,
-                               settings.INFERENCE_LATENCY_WEIGHT, settings.INFERENCE_LATENCY_TTL_S)
+        # The 1-second client: Redis being slow must not hold up a turn, which then routes without it.
+        value = fast_client().eval(_EWMA_SCRIPT, 1, LATENCY_KEY.format(name=name), ttft_s,
+                                   settings.INFERENCE_LATENCY_WEIGHT, settings.INFERENCE_LATENCY_TTL_S)
     except redis.RedisError:
         logger.warning("could not record %s's latency", name, exc_info=True)
         return None
@@ -168,7 +160,7 @@ def latencies(names: Sequence[str]) -> dict[str, float | None]:
     if not names:
         return {}
     try:
-        values = _client().mget([LATENCY_KEY.format(name=n) for n in names])
+        values = fast_client().mget([LATENCY_KEY.format(name=n) for n in names])
     except redis.RedisError:
         logger.warning("could not read backend latencies; ranking in configured order", exc_info=True)
         return dict.fromkeys(names)
@@ -216,7 +208,7 @@ def chat_route(*, messages: Sequence[Mapping[str, str]], params: SamplingParams,
         local_ewma = measured[local.name]
         local_ms = local_ewma * 1000 if local_ewma is not None else None
         # Unmeasured first (see the module's docstring); ties keep the configured order.
-        ranked: list[RemoteBackend | None] = [*remotes, None]  # None: the local engine, last on ties
+        ranked: list[RemoteServer | None] = [*remotes, None]  # None: the local engine, last on ties
         ranked.sort(key=lambda b: measured[b.name] or 0.0 if b is not None else local_ewma or float("inf"))
         for backend in ranked:
             if backend is None:
@@ -240,7 +232,7 @@ def local_latency_record(route: Route) -> None:
         latency_record(name=route.backend, ttft_s=route.handle.ttft_s)
 
 
-def _try_remote(backend: RemoteBackend, messages: Sequence[Mapping[str, str]], params: SamplingParams,
+def _try_remote(backend: RemoteServer, messages: Sequence[Mapping[str, str]], params: SamplingParams,
                 should_stop: Callable[[], bool] | None, attempts: list[Attempt],
                 ewma_ms: float | None) -> Route | None:
     health = backend.health()

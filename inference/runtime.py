@@ -99,7 +99,7 @@ def torch_call(fn: Callable[[], T]) -> T:
 def _on_fresh_thread(fn: Callable[[], T]) -> T:
     """Run a model load on a short-lived thread. Loading runs torch ops, which give the calling
     thread an OpenMP team for as long as it lives; the worker's main thread lives for ever, and a
-    second team beside the engine's slows every CPU step (see SlotBackend.call)."""
+    second team beside the engine's slows every CPU step (see StaticBatcher.call)."""
     result: list[T] = []
     errors: list[BaseException] = []
 
@@ -130,7 +130,7 @@ def warm_up() -> None:
     from transformers.utils import logging as transformers_logging
 
     # Weight-loading progress bars only clutter a worker's log.
-    transformers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # transformers leaves it untyped
     for name, loader in (("chat model", get_engine), ("embedding model", get_embedder)):
         try:
             loader()

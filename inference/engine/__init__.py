@@ -1,4 +1,4 @@
-"""Framework-free inference engine: model loading, continuous batching, streaming, embeddings.
+"""Framework-free inference engine: model loading, batched generation, streaming, embeddings.
 
 Importing this package must stay cheap (daphne and Django code import it for names only), so
 the public names resolve lazily and torch/transformers load only when first used.
@@ -10,17 +10,28 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .embeddings import CrossEncoderScorer, Embedder, default_embedding_dir, embedding_dimensions
-    from .engine import Delta, Engine, EngineError, RequestHandle, SamplingParams
-    from .models import ModelNotFoundError, default_model_dir, load_model, resolve_model_path
+    # `import X as X`: the explicit re-export form, so mypy sees what __getattr__ provides.
+    from .embeddings import CrossEncoderScorer as CrossEncoderScorer
+    from .embeddings import Embedder as Embedder
+    from .embeddings import default_embedding_dir as default_embedding_dir
+    from .embeddings import embedding_dimensions as embedding_dimensions
+    from .engine import Engine as Engine
+    from .models import ModelNotFoundError as ModelNotFoundError
+    from .models import default_model_dir as default_model_dir
+    from .models import load_model as load_model
+    from .models import resolve_model_path as resolve_model_path
+    from .request import Delta as Delta
+    from .request import EngineError as EngineError
+    from .request import RequestHandle as RequestHandle
+    from .request import SamplingParams as SamplingParams
 
 # name -> submodule; none of these submodules import torch at module level either.
 _EXPORTS = {
-    "Delta": "engine",
+    "Delta": "request",
+    "EngineError": "request",
+    "RequestHandle": "request",
+    "SamplingParams": "request",
     "Engine": "engine",
-    "EngineError": "engine",
-    "RequestHandle": "engine",
-    "SamplingParams": "engine",
     "Embedder": "embeddings",
     "CrossEncoderScorer": "embeddings",
     "default_embedding_dir": "embeddings",
@@ -31,7 +42,21 @@ _EXPORTS = {
     "resolve_model_path": "models",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CrossEncoderScorer",
+    "Delta",
+    "Embedder",
+    "Engine",
+    "EngineError",
+    "ModelNotFoundError",
+    "RequestHandle",
+    "SamplingParams",
+    "default_embedding_dir",
+    "default_model_dir",
+    "embedding_dimensions",
+    "load_model",
+    "resolve_model_path",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -116,7 +116,7 @@ class Int8WeightOnlyLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if self.kernel == "int8pack" and x2.shape[0] <= self.max_kernel_rows:
             # The kernel wants a 2-D contiguous input in the scales' dtype.
-            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scales)
+            y: torch.Tensor = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scales)
         elif x2.dtype == torch.float16:
             # fp16 overflows at 65504: int8 values times activations summed over 4096+ inputs can
             # exceed it, so scale the weight before the matmul rather than after.
@@ -217,7 +217,7 @@ class Int4WeightOnlyLinear(nn.Module):
         self.kernel: Int4Kernel = "dequant"
         self.register_buffer("packed", nibbles.contiguous())
         if kernel != "dequant":
-            self._try_fast_kernel(q, nibbles, only=kernel)
+            self.kernel = self._try_fast_kernel(q, nibbles, only=kernel)
         # Inputs with more rows than this take the dequantize path (see _KERNEL_MAX_ROWS). The CPU
         # kernel's layout depends on the instruction set and is not inverted here, so it serves all.
         if self.kernel == "cpu" or kernel is not None:
@@ -239,8 +239,9 @@ class Int4WeightOnlyLinear(nn.Module):
             return [("cpu", 8)]
         return []
 
-    def _try_fast_kernel(self, q: torch.Tensor, nibbles: torch.Tensor, only: Int4Kernel | None) -> None:
-        """Switch to an aten int4 kernel if one takes this layer and reproduces the reference."""
+    def _try_fast_kernel(self, q: torch.Tensor, nibbles: torch.Tensor, only: Int4Kernel | None) -> Int4Kernel:
+        """An aten int4 kernel that takes this layer and reproduces the reference, its packed weight
+        now in `packed`; else "dequant"."""
         dtype = self.scales_and_zeros.dtype
         probe = torch.randn(1, self.in_features, dtype=dtype, device=self.packed.device)
         reference = F.linear(probe, self.dequantize())
@@ -265,9 +266,9 @@ class Int4WeightOnlyLinear(nn.Module):
                 # The large-batch path unpacks this layout; a torch that changed it keeps plain nibbles.
                 logger.warning("tinygemm layout changed in this torch; int4 dequantizes on %s", tuple(q.shape))
                 continue
-            self.kernel = kernel
             self.packed = packed.contiguous()
-            return
+            return kernel
+        return "dequant"
 
     def _values(self) -> torch.Tensor:
         """The int4 values [out, in] as uint8 in 0..15 (not for the CPU kernel's opaque layout)."""
@@ -290,9 +291,12 @@ class Int4WeightOnlyLinear(nn.Module):
         return torch.addcmul(low, q.to(scales.dtype), scales).view(n, k)
 
     def _fast_mm(self, x2: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor
         if self.kernel == "tinygemm":
-            return torch.ops.aten._weight_int4pack_mm(x2, self.packed, self.group_size, self.scales_and_zeros)
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scales_and_zeros)
+            y = torch.ops.aten._weight_int4pack_mm(x2, self.packed, self.group_size, self.scales_and_zeros)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scales_and_zeros)
+        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

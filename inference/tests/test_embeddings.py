@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from inference.engine import Embedder
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _clean_test_redis() -> Iterator[None]:
-    """Override the root conftest's Redis fixture: the engine is framework-free and needs no Redis."""
-    yield
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +16,7 @@ def embedder() -> Embedder:
 
 
 def _dot(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b))
+    return sum(x * y for x, y in zip(a, b, strict=True))
 
 
 def test_it_has_384_dimensions(embedder: Embedder) -> None:

@@ -1,11 +1,10 @@
-"""Engine tests on a tiny random Llama (both backends) plus one smoke test on real SmolLM2.
+"""Engine tests on a tiny random Llama (every batching mode) plus one smoke test on real SmolLM2.
 
 Run without Django: `python -m pytest inference/tests -p no:django -q`.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,61 +16,13 @@ from inference.engine import (
     Delta,
     Engine,
     ModelNotFoundError,
+    RequestHandle,
     SamplingParams,
-    default_model_dir,
     resolve_model_path,
 )
 
-@pytest.fixture(scope="session", autouse=True)
-def _clean_test_redis() -> Iterator[None]:
-    """Override the root conftest's Redis fixture: the engine is framework-free and needs no Redis."""
-    yield
-
-
 PROMPTS = ["Hello there, how are", "The quick brown fox", "Once upon a time in a land"]
 NEW_TOKENS = 24
-
-
-@pytest.fixture(scope="session")
-def models_dir() -> Path:
-    data = Path(os.environ.get("DSW_DATA_DIR", Path(__file__).resolve().parents[2] / "var"))
-    path = data / "models"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@pytest.fixture(scope="session")
-def smollm_dir(models_dir: Path) -> Path:
-    # Converts the bundled GGUF once (~30 s); later sessions reuse the folder.
-    return default_model_dir(models_dir)
-
-
-@pytest.fixture(scope="session")
-def tokenizer(smollm_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(smollm_dir))
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tokenizer: Any) -> Any:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(1234)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +50,7 @@ def references(tiny_model: Any, tokenizer: Any) -> dict[str, tuple[list[int], st
 def engine(request: pytest.FixtureRequest, tiny_model: Any, tokenizer: Any, references: Any) -> Iterator[Engine]:
     # `references` first: the greedy reference runs before any engine thread touches the model.
     eng = Engine.from_model(tiny_model, tokenizer, batching=request.param, max_batch=4)
-    assert eng.backend == request.param
+    assert eng.batching == request.param
     yield eng
     eng.close()
 
@@ -132,7 +83,7 @@ def test_it_cancels_within_one_decode_step(engine: Engine, references: Any) -> N
     handle.cancel()
     rest = list(stream)
     assert rest[-1].finished and rest[-1].finish_reason == "cancelled"
-    # A later request completing proves the backend moved past the cancelled one, so any late
+    # A later request completing proves the batcher moved past the cancelled one, so any late
     # output for it has been counted by now.
     other_ids, other_expected = references[PROMPTS[2]]
     assert engine.generate(other_ids, SamplingParams(max_new_tokens=NEW_TOKENS)) == other_expected
@@ -150,7 +101,7 @@ def test_it_serves_concurrent_requests_from_threads(engine: Engine, references: 
             barrier.wait(timeout=10)
             handle = engine.submit(references[prompt][0], SamplingParams(max_new_tokens=NEW_TOKENS))
             results[prompt] = "".join(d.text for d in _collect(handle))
-        except BaseException as exc:  # surfaced in the main thread below
+        except BaseException as exc:  # noqa: BLE001 - surfaced in the main thread below
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(p,)) for p in PROMPTS]
@@ -216,7 +167,7 @@ def test_it_does_not_hang_consumers_when_closed(tiny_model: Any, tokenizer: Any,
 
 
 class _DecodeOnly:
-    """Just enough of an Engine for a RequestHandle: decoding, no backend."""
+    """Just enough of an Engine for a RequestHandle: decoding, no batcher."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -224,7 +175,7 @@ class _DecodeOnly:
     def _decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
-    def _cancel_backend(self, handle: Any) -> None:
+    def _drop_from_batch(self, handle: Any) -> None:
         pass
 
     def _alive(self) -> bool:
@@ -232,13 +183,11 @@ class _DecodeOnly:
 
 
 def test_it_never_splits_multibyte_characters(tokenizer: Any) -> None:
-    from inference.engine.engine import RequestHandle
-
     text = "Grüße aus 東京 🙂 — naïve café"
     ids = tokenizer(text, add_special_tokens=False).input_ids
     # Byte-level BPE splits some of these characters across tokens: prefixes decode to U+FFFD.
     assert any(tokenizer.decode(ids[:n]).endswith("\ufffd") for n in range(1, len(ids)))
-    handle = RequestHandle("t", _DecodeOnly(tokenizer), SamplingParams(max_new_tokens=len(ids)), set())  # type: ignore[arg-type]
+    handle = RequestHandle("t", _DecodeOnly(tokenizer), SamplingParams(max_new_tokens=len(ids)), set())
     for n in range(1, len(ids) + 1):
         handle._on_tokens(ids[:n], final=n == len(ids))
     deltas = _collect(handle)
@@ -248,10 +197,8 @@ def test_it_never_splits_multibyte_characters(tokenizer: Any) -> None:
 
 
 def test_it_holds_back_a_partial_stop_string(tokenizer: Any) -> None:
-    from inference.engine.engine import RequestHandle
-
     ids = tokenizer("Paris is nice. END of answer", add_special_tokens=False).input_ids
-    handle = RequestHandle("t", _DecodeOnly(tokenizer), SamplingParams(stop=("END of",)), set())  # type: ignore[arg-type]
+    handle = RequestHandle("t", _DecodeOnly(tokenizer), SamplingParams(stop=("END of",)), set())
     for n in range(1, len(ids) + 1):
         handle._on_tokens(ids[:n], final=False)
     deltas = _collect(handle)

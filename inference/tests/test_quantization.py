@@ -11,7 +11,6 @@ The kernels themselves are held to the dequantize-then-matmul reference far more
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,6 @@ from inference.engine.quantization import (
 )
 
 VOCAB = 512
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _clean_test_redis() -> Iterator[None]:
-    """Override the root conftest's Redis fixture: the engine is framework-free and needs no Redis."""
-    yield
 
 
 def _tokenizer() -> Any:

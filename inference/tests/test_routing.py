@@ -18,6 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 from audit.services import SYSTEM, actor_for
 from chat import services, streams
 from chat.models import Conversation, ConversationKnowledgeBase, Message
+from deepseek_web.redis_client import fast_client
 from inference import routing
 from inference.engine import SamplingParams
 from inference.tests.scripted_openai import Script, closed_port_url, scripted_server
@@ -32,7 +33,7 @@ MESSAGES = [{"role": "user", "content": "Say hello."}]
 def _forget_latencies() -> Iterator[None]:
     """Each test starts with no recorded latency (they live in the test Redis database)."""
     def clear() -> None:
-        client = routing._client()
+        client = fast_client()
         keys = list(client.scan_iter(match=routing.LATENCY_KEY.format(name="*")))
         if keys:
             client.delete(*keys)
@@ -223,7 +224,7 @@ def test_it_shares_an_average_latency_through_redis(settings: Any) -> None:
     assert routing.latency_record(name="a", ttft_s=1.0) == pytest.approx(1.0)
     assert routing.latency_record(name="a", ttft_s=0.0) == pytest.approx(0.75)
     assert routing.latencies(["a", "b"]) == {"a": pytest.approx(0.75), "b": None}
-    assert 0 < routing._client().ttl(routing.LATENCY_KEY.format(name="a")) <= settings.INFERENCE_LATENCY_TTL_S
+    assert 0 < fast_client().ttl(routing.LATENCY_KEY.format(name="a")) <= settings.INFERENCE_LATENCY_TTL_S
 
 
 def test_it_refuses_a_malformed_backend_list(monkeypatch: pytest.MonkeyPatch) -> None:

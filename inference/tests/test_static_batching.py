@@ -1,20 +1,18 @@
-"""The static-slot backend on a tiny random Llama: exact batching, slot release, out-of-memory recovery.
+"""Static batching on a tiny random Llama: exact batching, slot release, out-of-memory recovery.
 
-Run without Django: `python -m pytest inference/tests/test_slots.py -p no:django -q`.
+Run without Django: `python -m pytest inference/tests/test_static_batching.py -p no:django -q`.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from inference.engine import Engine, SamplingParams
-
-# Fixtures (tokenizer, tiny_model, the Redis override) come from test_engine.
-from .test_engine import _clean_test_redis, models_dir, smollm_dir, tiny_model, tokenizer  # noqa: F401
+from inference.engine.batching.static.scheduler import StaticBatcher
 
 PROMPTS = [
     "Hi",
@@ -44,10 +42,15 @@ def greedy(tiny_model: Any, tokenizer: Any) -> dict[str, tuple[list[int], list[i
     return refs
 
 
+def _static(engine: Engine) -> StaticBatcher:
+    """The engine's batcher, as the static one these tests start."""
+    return cast(StaticBatcher, engine._batcher)
+
+
 @pytest.fixture
 def engine(tiny_model: Any, tokenizer: Any, greedy: Any) -> Iterator[Engine]:
     eng = Engine.from_model(tiny_model, tokenizer, batching="static", max_batch=4, max_context=256)
-    assert eng.backend == "static"
+    assert eng.batching == "static"
     yield eng
     eng.close()
 
@@ -103,7 +106,7 @@ def test_it_frees_the_slot_the_moment_a_request_is_cancelled(engine: Engine, gre
 def test_it_shrinks_the_batch_and_retries_after_an_out_of_memory_error(engine: Engine, greedy: Any) -> None:
     import torch
 
-    slots = engine._slots
+    slots = _static(engine)
     injected: list[str] = []
 
     def oom_once_when_full(where: str) -> None:
@@ -126,11 +129,11 @@ def test_it_fails_only_the_request_that_cannot_fit_and_keeps_serving(engine: Eng
     too_big = greedy[PROMPTS[3]][0]
 
     def oom_for_the_long_prompt(where: str) -> None:
-        waiting = [r for r in engine._slots._owner if r is not None]
+        waiting = [r for r in _static(engine)._owner if r is not None]
         if where == "prefill" and any(r.original == too_big for r in waiting):
             raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
 
-    engine._slots.fault_hook = oom_for_the_long_prompt
+    _static(engine).fault_hook = oom_for_the_long_prompt
     handle = engine.submit(too_big, SamplingParams(max_new_tokens=NEW_TOKENS))
     assert handle.wait(60)
     assert handle.finish_reason == "error"
@@ -138,7 +141,7 @@ def test_it_fails_only_the_request_that_cannot_fit_and_keeps_serving(engine: Eng
     prompt_ids, expected = greedy[PROMPTS[2]]
     follow = engine.submit(prompt_ids, SamplingParams(max_new_tokens=NEW_TOKENS))
     assert follow.wait(60) and follow.token_ids == expected
-    assert engine._slots.alive()
+    assert _static(engine).alive()
 
 
 def test_it_refuses_a_prompt_longer_than_its_context(engine: Engine) -> None:
@@ -155,8 +158,8 @@ def test_it_ends_by_length_at_the_end_of_its_context(engine: Engine, greedy: Any
 
 def test_it_runs_other_torch_work_on_its_own_thread_between_steps(engine: Engine, greedy: Any) -> None:
     # Embeddings and reranking go through Engine.call: on the CPU a second thread computing with
-    # torch would give OpenMP a second team and slow every decode step (SlotBackend.call).
-    assert engine.call(threading.current_thread) is engine._slots._thread
+    # torch would give OpenMP a second team and slow every decode step (StaticBatcher.call).
+    assert engine.call(threading.current_thread) is _static(engine)._thread
     handle = engine.submit(greedy[PROMPTS[1]][0], SamplingParams(max_new_tokens=NEW_TOKENS))
     assert engine.call(lambda: 6 * 7) == 42  # served while a request runs
     with pytest.raises(ZeroDivisionError):
@@ -169,19 +172,17 @@ def test_it_starts_with_fewer_slots_when_the_cache_does_not_fit(
 ) -> None:
     import torch
 
-    from inference.engine.slots import SlotBackend
+    setup = StaticBatcher._setup
 
-    setup = SlotBackend._setup
-
-    def oom_above_two_slots(self: SlotBackend, compile: bool | None) -> None:
+    def oom_above_two_slots(self: StaticBatcher, compile: bool | None) -> None:
         if self.slots > 2:  # an injected out-of-memory error, as a crowded GPU would raise
             raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
         setup(self, compile)
 
-    monkeypatch.setattr(SlotBackend, "_setup", oom_above_two_slots)
+    monkeypatch.setattr(StaticBatcher, "_setup", oom_above_two_slots)
     eng = Engine.from_model(tiny_model, tokenizer, batching="static", max_batch=8, max_context=256)
     try:
-        assert eng.backend == "static" and eng.stats()["slots"] == 2
+        assert eng.batching == "static" and eng.stats()["slots"] == 2
         out = _run_all(eng, greedy, PROMPTS[:3])  # three requests on two slots: one waits
         assert out == {p: greedy[p][1] for p in PROMPTS[:3]}
     finally:
@@ -194,9 +195,9 @@ def test_it_gives_the_same_tokens_with_its_small_kernels_compiled(
     # The GPU default: norms, rotary with the cache writes, and the activation through torch.compile.
     eng = Engine.from_model(tiny_model, tokenizer, batching="static", max_batch=4, max_context=256, compile=True)
     try:
-        assert eng._slots._ops._rope_write is not eng._slots._ops._rope_write_eager
+        assert _static(eng).runner.ops._rope_write is not _static(eng).runner.ops._rope_write_eager
         out = _run_all(eng, greedy, PROMPTS[:3])
         assert out == {p: greedy[p][1] for p in PROMPTS[:3]}
-        assert eng._slots._ops._rope_write is not eng._slots._ops._rope_write_eager  # no fallback was needed
+        assert _static(eng).runner.ops._rope_write is not _static(eng).runner.ops._rope_write_eager  # no fallback was needed
     finally:
         eng.close()

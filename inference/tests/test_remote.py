@@ -1,35 +1,28 @@
-"""The OpenAI-compatible client backend: streaming, retries, timeouts, cancel, health.
+"""The remote OpenAI-compatible server backend: streaming, retries, timeouts, cancel, health.
 
-Framework-free like the engine: `python -m pytest inference/tests/test_backends.py -p no:django -q`.
+Framework-free like the engine: `python -m pytest inference/tests/test_remote.py -p no:django -q`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from inference.engine import Delta, SamplingParams
-from inference.engine.backends import BackendConfigError, RemoteBackend, RemoteConfig, Timeouts
+from inference.engine.remote import BackendConfigError, RemoteServer, RemoteServerConfig, Timeouts
 from inference.tests.scripted_openai import Script, closed_port_url, scripted_server
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _clean_test_redis() -> Iterator[None]:
-    """Override the root conftest's Redis fixture: the client backend needs no Redis."""
-    yield
-
-
-def backend(base_url: str, **overrides: Any) -> RemoteBackend:
+def backend(base_url: str, **overrides: Any) -> RemoteServer:
     timeouts = overrides.pop("timeouts", Timeouts(connect_s=2, first_token_s=5, idle_s=5, total_s=20))
-    config = RemoteConfig(name="remote-a", base_url=base_url, model="scripted-model", api_key="sk-test",
+    config = RemoteServerConfig(name="remote-a", base_url=base_url, model="scripted-model", api_key="sk-test",
                           timeouts=timeouts, **{"backoff_s": 0.01, **overrides})
-    return RemoteBackend(config)
+    return RemoteServer(config)
 
 
 def drain(handle: Any) -> list[Delta]:
@@ -190,7 +183,7 @@ def test_it_keeps_a_failure_in_the_health_cache() -> None:
 
 
 def test_it_parses_configuration_and_refuses_mistakes() -> None:
-    config = RemoteConfig.from_dict({"name": "vllm-a", "base_url": "http://vllm:8000/v1/", "model": "m",
+    config = RemoteServerConfig.from_dict({"name": "vllm-a", "base_url": "http://vllm:8000/v1/", "model": "m",
                                      "timeouts": {"first_token_s": 90}, "retries": 0})
     assert config.base_url == "http://vllm:8000/v1" and config.retries == 0
     assert config.timeouts == Timeouts(first_token_s=90)
@@ -205,14 +198,14 @@ def test_it_parses_configuration_and_refuses_mistakes() -> None:
     ]
     for raw, message in mistakes:
         with pytest.raises(BackendConfigError, match=message):
-            RemoteConfig.from_dict(raw)
+            RemoteServerConfig.from_dict(raw)
 
 
 def test_it_imports_without_django_or_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; import inference.engine.backends; "
+    code = ("import sys; import inference.engine.backends, inference.engine.remote; "
             "bad = [m for m in ('django', 'torch', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

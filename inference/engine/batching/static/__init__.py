@@ -1,0 +1,1 @@
+"""Static-slot continuous batching: `scheduler.StaticBatcher` over `model_runner.ModelRunner`."""
