@@ -319,12 +319,12 @@ def postgres_cpu_since(before: tuple[dict[int, float], float]) -> float:
 def prepare(storage_dir: Path) -> tuple[Any, Any]:
     """Services, the bench's own database, an empty Redis database 3; (tenant, user)."""
     os.environ["KNOWLEDGE_STORAGE_DIR"] = str(storage_dir)  # for this process and the workers
-    from deepseek_web.services import embedded
+    from deepseek_web.services import paths, postgres
 
-    data = embedded.data_dir()
-    embedded.ensure_postgres(data)
-    embedded.ensure_roles(data)
-    embedded.ensure_database(data, DB_NAME, owner=embedded.PG_OWNER_ROLE)
+    data = paths.data_dir()
+    postgres.ensure_postgres(data)
+    postgres.ensure_roles(data)
+    postgres.ensure_database(data, DB_NAME, owner=paths.PG_OWNER_ROLE)
     prepare_stack()
     from django.contrib.auth import get_user_model
     from django.db import connection

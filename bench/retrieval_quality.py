@@ -383,7 +383,7 @@ def main() -> None:
     prepare_stack()
     from django.conf import settings
 
-    from deepseek_web.services.embedded import data_dir
+    from deepseek_web.services.paths import data_dir
 
     settings.KNOWLEDGE_STORAGE_DIR = data_dir() / "bench-knowledge"  # not the files of `./dsw run`
     from knowledge.rerank import EmbeddingReranker, NoReranker

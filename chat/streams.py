@@ -65,6 +65,11 @@ def _parse(entries: Any) -> list[StreamEntry]:
     return out
 
 
+class StreamTakenOver(RuntimeError):
+    """Another writer appended to this stream since this one last did: the stale-turn sweeper
+    ended the turn while its worker was slow. The worker stops; the sweeper's `end` stands."""
+
+
 class StreamWriter:
     """Appends numbered chunks for one message. Used by the GPU worker, one writer per turn."""
 
@@ -79,7 +84,12 @@ class StreamWriter:
     def _add(self, kind: str, **fields: str) -> int:
         self.seq += 1
         entry: dict[Any, Any] = {"kind": kind, **fields}
-        self.client.xadd(self.key, entry, id=f"{self.seq}-0")
+        try:
+            self.client.xadd(self.key, entry, id=f"{self.seq}-0")
+        except redis.ResponseError as exc:
+            # An explicit id is refused only when the stream already holds it (or a later one):
+            # somebody else wrote this number. Appending anyway would break the numbering.
+            raise StreamTakenOver(f"{self.key} already has entry {self.seq}") from exc
         return self.seq
 
     def token(self, text: str) -> int:

@@ -103,20 +103,25 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
     first_token_at: float | None = None
     status, error = Message.Status.DONE, ""
     finish_reason: str | None = None
-    for delta in _watched_deltas(handle, watch):
-        if delta.text:
-            if first_token_at is None:
-                first_token_at = time.monotonic()
-            parts.append(delta.text)
-            writer.token(delta.text)
-        message.token_count = delta.token_count
-        if delta.finished:
-            finish_reason = delta.finish_reason
-            if delta.finish_reason == "cancelled":
-                status = Message.Status.CANCELLED
-            elif delta.finish_reason == "error":
-                status, error = Message.Status.FAILED, f"The model failed while writing: {delta.error}"
-            break
+    try:
+        for delta in _watched_deltas(handle, watch):
+            if delta.text:
+                if first_token_at is None:
+                    first_token_at = time.monotonic()
+                parts.append(delta.text)
+                writer.token(delta.text)
+            message.token_count = delta.token_count
+            if delta.finished:
+                finish_reason = delta.finish_reason
+                if delta.finish_reason == "cancelled":
+                    status = Message.Status.CANCELLED
+                elif delta.finish_reason == "error":
+                    status, error = Message.Status.FAILED, f"The model failed while writing: {delta.error}"
+                break
+    except streams.StreamTakenOver:
+        handle.cancel()
+        logger.warning("turn %s was ended elsewhere (stale sweep) while it streamed; stopped", message.pk)
+        return
 
     finished = time.monotonic()
     routing.local_latency_record(route)

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         prepare_database()
         from console.services import demo_tenant_seed
         from deepseek_web.redis_client import sync_client
-        from knowledge.services import demo_knowledge_seed
+        from knowledge.services.knowledge_bases import demo_knowledge_seed
         from tenants.models import Tenant
 
         logins = demo_tenant_seed()

@@ -1,8 +1,9 @@
 """Which backend answers a turn: the local engine, or one of INFERENCE_BACKENDS.
 
 Policy, in order:
-1. A sensitive turn (its tenant, or a knowledge base it drew on, is marked sensitive) is answered
-   by the local model: its text must not leave the installation.
+1. A sensitive turn is answered by the local model: its text must not leave the installation.
+   The caller says whether it is, and why (`sensitive`): chat decides from its tenant and the
+   knowledge bases the turn drew on (`chat.turns`), so routing knows nothing of either.
 2. Otherwise every backend, the local engine included, is ranked by its recent time to first
    token, fastest first, and the healthy one ranked first serves. A remote that failed its health
    check is skipped; one that fails before its first token is marked unhealthy and the next is
@@ -165,24 +166,6 @@ def latencies(names: Sequence[str]) -> dict[str, float | None]:
         logger.warning("could not read backend latencies; ranking in configured order", exc_info=True)
         return dict.fromkeys(names)
     return {n: (float(v) if v is not None else None) for n, v in zip(names, values, strict=True)}
-
-
-# ---------------------------------------------------------------------- sensitivity
-
-
-def sensitivity_reason(*, tenant_id: int, knowledge_base_ids: Sequence[int]) -> str:
-    """Why a turn must stay on the local model, or "" when it may go elsewhere. Call it in the
-    tenant's context: row-level security hides other tenants' knowledge bases."""
-    from knowledge.models import KnowledgeBase
-    from tenants.models import Tenant
-
-    if Tenant.objects.filter(pk=tenant_id, sensitive=True).exists():
-        return "the tenant is marked sensitive"
-    sensitive = sorted(KnowledgeBase.objects.filter(tenant_id=tenant_id, pk__in=list(knowledge_base_ids),
-                                                    sensitive=True).values_list("pk", flat=True))
-    if sensitive:
-        return f"knowledge base {', '.join(map(str, sensitive))} is marked sensitive"
-    return ""
 
 
 # ---------------------------------------------------------------------- routing

@@ -107,7 +107,8 @@ def test_it_answers_from_a_knowledge_base_model_with_citations(world, asgi_serve
 
     from audit.services import SYSTEM
     from knowledge.models import Document
-    from knowledge.services import documents_upload, knowledge_base_create
+    from knowledge.services.documents import documents_upload
+    from knowledge.services.knowledge_bases import knowledge_base_create
 
     with tenant_context(world.tenant_a.pk):
         kb = knowledge_base_create(tenant=world.tenant_a, name="Handbook", actor=SYSTEM)

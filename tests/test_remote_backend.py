@@ -19,7 +19,7 @@ from chat import services
 from chat.models import Conversation, Message
 from console import services as tenant_services
 from inference.engine import SamplingParams
-from inference.engine.backends import RemoteBackend, RemoteConfig, Timeouts
+from inference.engine.remote import RemoteServer, RemoteServerConfig, Timeouts
 from tenants.rls import tenant_context
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -47,7 +47,7 @@ def wait_final(message: Message, timeout: float = 180) -> Message:
 
 
 def test_it_streams_an_answer_from_a_second_instance(world, asgi_server, gpu_worker, api_key_for) -> None:
-    remote = RemoteBackend(RemoteConfig(name="twin", base_url=f"{asgi_server}/v1", model=MODEL,
+    remote = RemoteServer(RemoteServerConfig(name="twin", base_url=f"{asgi_server}/v1", model=MODEL,
                                         api_key=api_key_for(world.tenant_b, world.charlie), timeouts=TIMEOUTS))
     health = remote.health()
     assert health.ok, health.reason

@@ -94,7 +94,7 @@ def _prune(world) -> None:
 
 
 def _kb(world):
-    from knowledge.services import knowledge_base_create
+    from knowledge.services.knowledge_bases import knowledge_base_create
 
     with tenant_context(world.tenant_a.pk):
         return knowledge_base_create(tenant=world.tenant_a, name="Handbook", actor=alice(world))
@@ -122,37 +122,37 @@ def _ingest(world):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from audit.services import SYSTEM
-    from knowledge import services as knowledge_services
+    from knowledge.services import documents
 
     kb = _kb(world)
-    [outcome] = knowledge_services.documents_upload(
+    [outcome] = documents.documents_upload(
         knowledge_base=kb, files=[SimpleUploadedFile("a.md", b"# Title\n\nSome text.")], uploaded_by=None,
         actor=SYSTEM)
     return outcome.document
 
 
 def _chunk(world) -> None:
-    from knowledge import services as knowledge_services
+    from knowledge.services import pipeline
 
     document = _ingest(world)
-    knowledge_services.document_ingest(tenant_id=document.tenant_id, document_id=document.pk)
+    pipeline.document_ingest(tenant_id=document.tenant_id, document_id=document.pk)
 
 
 def _ready(world) -> None:
-    from knowledge import services as knowledge_services
+    from knowledge.services import pipeline
 
     document = _ingest(world)
-    knowledge_services.document_ingest(tenant_id=document.tenant_id, document_id=document.pk)
-    knowledge_services.document_embed(tenant_id=document.tenant_id, document_id=document.pk)
+    pipeline.document_ingest(tenant_id=document.tenant_id, document_id=document.pk)
+    pipeline.document_embed(tenant_id=document.tenant_id, document_id=document.pk)
 
 
 def _fail(world) -> None:
-    from knowledge import services as knowledge_services
+    from knowledge.services import pipeline
 
     document = _document(world, status="parsing")
     with tenant_context(world.tenant_a.pk):
         type(document).objects.filter(pk=document.pk).update(updated_at=timezone.now() - timedelta(days=1))
-    knowledge_services.documents_sweep_stale()
+    pipeline.documents_sweep_stale()
 
 
 def _retry(world):

@@ -14,10 +14,11 @@ from audit.services import SYSTEM, actor_for
 from chat import services, turns
 from chat.models import Conversation, ConversationKnowledgeBase, Message
 from chat.prompts import SOURCES_INSTRUCTIONS, build_chat_messages
-from knowledge import services as knowledge_services
+from knowledge import chunk_store
 from knowledge.ingest.types import ChunkDraft
 from knowledge.models import Document, KnowledgeBase, KnowledgeBaseMember
 from knowledge.retrieval import Passage
+from knowledge.services import knowledge_bases, pipeline
 from tenants.rls import tenant_context
 
 LEAVE = [
@@ -38,18 +39,18 @@ def make_kb(tenant, name: str, documents: dict[str, list[tuple[str, str]]],
     """A knowledge base with embedded chunks, written without the parsing pipeline."""
     made: dict[str, Document] = {}
     with tenant_context(tenant.pk):
-        kb = knowledge_services.knowledge_base_create(tenant=tenant, name=name, access_roles=access_roles,
+        kb = knowledge_bases.knowledge_base_create(tenant=tenant, name=name, access_roles=access_roles,
                                                       actor=SYSTEM)
         for title, sections in documents.items():
             document = Document.objects.create(tenant=tenant, knowledge_base=kb, title=title,
                                                name=f"{title}.md", status=Document.Status.EMBEDDING)
             drafts = [ChunkDraft(ordinal=i, heading=h, text=t) for i, (h, t) in enumerate(sections)]
-            counts = knowledge_services.chunks_replace(document=document, drafts=drafts)
+            counts = chunk_store.chunks_replace(document=document, drafts=drafts)
             Document.objects.filter(pk=document.pk).update(chunk_count=len(drafts),
                                                            chunks_embedded=counts["new"])
             made[title] = document
     for document in made.values():
-        knowledge_services.document_embed(tenant_id=tenant.pk, document_id=document.pk)
+        pipeline.document_embed(tenant_id=tenant.pk, document_id=document.pk)
     return kb, made
 
 

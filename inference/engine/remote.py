@@ -283,12 +283,18 @@ class RemoteServerHandle:
         cancels the request when it says so (the user pressed Stop while we waited)."""
         return self._wait_for(self._started, timeout, should_stop)
 
+    def next_delta(self, timeout: float) -> Delta | None:
+        """The next Delta, or None when none came within `timeout` (see RequestHandle.next_delta)."""
+        self._check_deadlines()
+        try:
+            return self._deltas.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
     def __iter__(self) -> Iterator[Delta]:
         while True:
-            self._check_deadlines()
-            try:
-                delta = self._deltas.get(timeout=_POLL_S)
-            except queue.Empty:
+            delta = self.next_delta(_POLL_S)
+            if delta is None:
                 if self._done.is_set() and self._deltas.empty():
                     return  # iterated again after the final Delta was consumed
                 continue

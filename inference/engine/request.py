@@ -109,16 +109,24 @@ class RequestHandle:
         """Block until the request finished; returns False on timeout."""
         return self._done.wait(timeout)
 
+    def next_delta(self, timeout: float) -> Delta | None:
+        """The next Delta, or None when none came within `timeout`: the request may still wait
+        for a free slot behind others, and a caller that must check other things (Stop, its own
+        heartbeat) meanwhile gets control back."""
+        try:
+            return self._deltas.get(timeout=timeout)
+        except queue.Empty:
+            # Never wait forever: if the engine's thread died, end the request as an error.
+            if not self._done.is_set() and not self._engine._alive():
+                self._finish("error", "generation thread stopped")
+            return None
+
     def __iter__(self) -> Iterator[Delta]:
         while True:
-            try:
-                delta = self._deltas.get(timeout=_POLL_S)
-            except queue.Empty:
-                if self._done.is_set():
+            delta = self.next_delta(_POLL_S)
+            if delta is None:
+                if self._done.is_set() and self._deltas.empty():
                     return  # iterated again after the final Delta was consumed
-                # Never block forever: if the engine's thread died, end the request as an error.
-                if not self._engine._alive():
-                    self._finish("error", "generation thread stopped")
                 continue
             yield delta
             if delta.finished:

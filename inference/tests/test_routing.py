@@ -1,6 +1,6 @@
 """Routing a turn: sensitive data stays local, the fastest healthy remote wins, failures fail over.
 
-Full turns run through `chat.services.message_generate` on the real PostgreSQL and Redis, with
+Full turns run through `chat.turns.message_generate` on the real PostgreSQL and Redis, with
 the local engine on a tiny random model; the remotes are scripted OpenAI-compatible servers on
 real sockets, or a closed port.
 """
@@ -16,14 +16,14 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from audit.services import SYSTEM, actor_for
-from chat import services, streams
+from chat import services, streams, turns
 from chat.models import Conversation, ConversationKnowledgeBase, Message
+from console import services as tenant_services
 from deepseek_web.redis_client import fast_client
 from inference import routing
 from inference.engine import SamplingParams
 from inference.tests.scripted_openai import Script, closed_port_url, scripted_server
-from knowledge import services as knowledge_services
-from tenants import services as tenant_services
+from knowledge.services import knowledge_bases as knowledge_services
 from tenants.rls import tenant_context
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
@@ -83,7 +83,7 @@ def ask(world: Any, conversation: Conversation | None = None) -> Message:
 
 
 def run_turn(reply: Message) -> Message:
-    services.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+    turns.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
     with tenant_context(reply.tenant_id):
         reply.refresh_from_db()
     return reply
@@ -101,7 +101,7 @@ def test_it_keeps_a_sensitive_tenants_turn_on_the_local_model_even_when_a_remote
     with tenant_context(world.tenant_a.pk):
         tenant_services.tenant_set_sensitive(tenant=world.tenant_a, sensitive=True, actor=SYSTEM)
     run_turn(reply)
-    assert reply.status == Message.Status.DONE and reply.backend == local_model
+    assert reply.status == Message.Status.DONE and reply.served_by == local_model
     assert candidates(reply) == [("fast", "skipped"), (local_model, "served")]
     assert reply.timings["routing"]["candidates"][0]["reason"] == "sensitive: the tenant is marked sensitive"
     assert scripts["fast"].chat_requests == []  # nothing left the installation
@@ -118,7 +118,7 @@ def test_it_keeps_a_turn_that_uses_a_sensitive_knowledge_base_local(
         ConversationKnowledgeBase.objects.create(tenant=world.tenant_a, conversation_id=reply.conversation_id,
                                                  knowledge_base=kb)
     run_turn(reply)
-    assert reply.backend == local_model and scripts["fast"].chat_requests == []
+    assert reply.served_by == local_model and scripts["fast"].chat_requests == []
     assert reply.timings["routing"]["sensitive"] == f"knowledge base {kb.pk} is marked sensitive"
 
 
@@ -134,7 +134,7 @@ def test_it_keeps_a_conversation_local_once_an_answer_cited_a_sensitive_knowledg
                                                    citations=[{"n": 1, "knowledge_base_id": kb.pk}])
     follow_up = ask(world, reply.conversation)
     run_turn(follow_up)
-    assert follow_up.backend == local_model and scripts["fast"].chat_requests == []
+    assert follow_up.served_by == local_model and scripts["fast"].chat_requests == []
 
 
 def test_it_sends_other_turns_to_the_remote_with_the_lowest_recent_latency(
@@ -144,7 +144,7 @@ def test_it_sends_other_turns_to_the_remote_with_the_lowest_recent_latency(
     routing.latency_record(name="slow", ttft_s=0.5)
     routing.latency_record(name="quick", ttft_s=0.05)
     run_turn(reply)
-    assert reply.status == Message.Status.DONE and reply.backend == "quick" and reply.content == "quick"
+    assert reply.status == Message.Status.DONE and reply.served_by == "quick" and reply.content == "quick"
     assert candidates(reply) == [("quick", "served")]
     assert reply.timings["prompt_tokens"] == 7 and reply.token_count == 4  # as the server reported them
     assert len(scripts["quick"].chat_requests) == 1 and scripts["slow"].chat_requests == []
@@ -195,7 +195,7 @@ def test_it_falls_back_to_the_local_model_when_every_remote_fails(
 ) -> None:
     remotes(down=None, broken=Script(fail_first=100))
     run_turn(reply)
-    assert reply.status == Message.Status.DONE and reply.backend == local_model and reply.content
+    assert reply.status == Message.Status.DONE and reply.served_by == local_model and reply.content
     assert sorted(candidates(reply)) == sorted([("down", "skipped"), ("broken", "failed"), (local_model, "served")])
     assert reply.timings["routing"]["sensitive"] is None
 
@@ -208,13 +208,13 @@ def test_it_stops_waiting_for_a_remote_when_the_user_presses_stop(
     stop.start()
     run_turn(reply)
     # Cancelled while waiting: had it waited for the first token (10 s away), it would hold text.
-    assert reply.status == Message.Status.CANCELLED and reply.backend == "slow" and reply.content == ""
+    assert reply.status == Message.Status.CANCELLED and reply.served_by == "slow" and reply.content == ""
 
 
 def test_it_serves_locally_without_remote_backends(reply: Message, settings: Any, local_model: str) -> None:
     settings.INFERENCE_BACKENDS = []
     run_turn(reply)
-    assert reply.backend == local_model and candidates(reply) == [(local_model, "served")]
+    assert reply.served_by == local_model and candidates(reply) == [(local_model, "served")]
     assert reply.timings["prompt_tokens"] > 0
 
 
@@ -254,7 +254,7 @@ def test_it_ranks_the_local_engine_by_its_latency_too(reply: Message, remotes: A
     routing.latency_record(name="remote", ttft_s=0.5)
     routing.latency_record(name=local_model, ttft_s=0.05)
     run_turn(reply)
-    assert reply.backend == local_model and candidates(reply) == [(local_model, "served")]
+    assert reply.served_by == local_model and candidates(reply) == [(local_model, "served")]
     assert scripts["remote"].chat_requests == []
     # The local turn's own time to first token joined the local average.
     assert routing.latencies([local_model])[local_model] != pytest.approx(0.05)
