@@ -59,7 +59,7 @@ def _request_manager_membership(request: Request) -> Membership:
 
 
 @api_view(["GET"])
-def knowledge_bases(request: Request) -> Response:
+def knowledge_base_list(request: Request) -> Response:
     membership = _request_membership(request)
     if membership.role in MANAGERS:
         queryset = knowledge_bases_of_tenant(membership.tenant_id)
@@ -70,7 +70,7 @@ def knowledge_bases(request: Request) -> Response:
 
 @api_view(["GET", "POST"])
 @parser_classes([MultiPartParser])
-def documents(request: Request, knowledge_base_id: int) -> Response:
+def document_list(request: Request, knowledge_base_id: int) -> Response:
     knowledge_base = knowledge_base_get_for_manager(_request_manager_membership(request), knowledge_base_id)
     if request.method == "GET":
         return Response(DocumentSerializer(documents_of_knowledge_base(knowledge_base), many=True).data)
@@ -88,7 +88,7 @@ def documents(request: Request, knowledge_base_id: int) -> Response:
 
 
 @api_view(["GET", "DELETE"])
-def document(request: Request, document_id: int) -> Response:
+def document_detail(request: Request, document_id: int) -> Response:
     try:
         document = document_get_for_manager(_request_manager_membership(request), document_id)
     except Http404:

@@ -8,7 +8,7 @@ from knowledge import api
 
 app_name = "api"
 urlpatterns = [
-    path("knowledge-bases/", api.knowledge_bases, name="knowledge_bases"),
-    path("knowledge-bases/<int:knowledge_base_id>/documents/", api.documents, name="documents"),
-    path("documents/<int:document_id>/", api.document, name="document"),
+    path("knowledge-bases/", api.knowledge_base_list, name="knowledge_base_list"),
+    path("knowledge-bases/<int:knowledge_base_id>/documents/", api.document_list, name="document_list"),
+    path("documents/<int:document_id>/", api.document_detail, name="document_detail"),
 ]

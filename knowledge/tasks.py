@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from knowledge import sync
-from knowledge.services import pipeline
+from knowledge.services import pipeline, sources
 
 
 @shared_task(name="knowledge.tasks.ingest_document")
@@ -20,12 +19,12 @@ def embed_document(*, tenant_id: int, document_id: int) -> None:
 
 @shared_task(name="knowledge.tasks.sync_source")
 def sync_source(*, tenant_id: int, source_id: int) -> None:
-    sync.source_sync(tenant_id=tenant_id, source_id=source_id)
+    sources.source_sync(tenant_id=tenant_id, source_id=source_id)
 
 
 @shared_task(name="knowledge.tasks.sync_due_sources")
 def sync_due_sources() -> int:
-    return sync.sources_sync_due()
+    return sources.sources_sync_due()
 
 
 @shared_task(name="knowledge.tasks.sweep_stale_documents")

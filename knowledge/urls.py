@@ -8,14 +8,14 @@ from knowledge import views
 
 app_name = "knowledge"
 urlpatterns = [
-    path("", views.list, name="list"),
-    path("new/", views.create, name="create"),
-    path("<int:knowledge_base_id>/", views.detail, name="detail"),
-    path("<int:knowledge_base_id>/settings/", views.update, name="update"),
-    path("<int:knowledge_base_id>/delete/", views.delete, name="delete"),
-    path("<int:knowledge_base_id>/upload/", views.upload, name="upload"),
-    path("<int:knowledge_base_id>/documents/", views.documents, name="documents"),
-    path("<int:knowledge_base_id>/sources/", views.source_add, name="source_add"),
+    path("", views.knowledge_base_list, name="knowledge_base_list"),
+    path("new/", views.knowledge_base_create, name="knowledge_base_create"),
+    path("<int:knowledge_base_id>/", views.knowledge_base_detail, name="knowledge_base_detail"),
+    path("<int:knowledge_base_id>/settings/", views.knowledge_base_update, name="knowledge_base_update"),
+    path("<int:knowledge_base_id>/delete/", views.knowledge_base_delete, name="knowledge_base_delete"),
+    path("<int:knowledge_base_id>/upload/", views.document_upload, name="document_upload"),
+    path("<int:knowledge_base_id>/documents/", views.document_list, name="document_list"),
+    path("<int:knowledge_base_id>/sources/", views.source_create, name="source_create"),
     path("sources/<int:source_id>/delete/", views.source_delete, name="source_delete"),
     path("sources/<int:source_id>/sync/", views.source_sync, name="source_sync"),
     path("documents/<int:document_id>/", views.document_detail, name="document_detail"),

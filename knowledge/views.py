@@ -1,8 +1,7 @@
 """Knowledge admin pages: knowledge bases, uploads with live progress, sources; and the document
 viewer that citations link to.
 
-Each view is named as its URL (knowledge/urls.py), so `list` here is the page, not the builtin:
-this module must not call the builtin (the selectors hand it lists already).
+Each view is named as its URL (knowledge/urls.py).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from audit.services import actor_from_request, audit_record
-from knowledge import sync
 from knowledge.forms import KnowledgeBaseForm, SourceForm
 from knowledge.models import KnowledgeBase
 from knowledge.selectors import (
@@ -30,7 +28,7 @@ from knowledge.selectors import (
     source_get_for_manager,
     sources_of_knowledge_base,
 )
-from knowledge.services import KnowledgeInputError
+from knowledge.services import KnowledgeInputError, sources
 from knowledge.services import documents as document_services
 from knowledge.services import knowledge_bases as knowledge_base_services
 from knowledge.services.documents import UploadOutcome
@@ -56,14 +54,14 @@ def _knowledge_base_list_page(request: TenantRequest, form: KnowledgeBaseForm | 
 @require_GET
 @login_required
 @role_required(*MANAGERS)
-def list(request: TenantRequest) -> HttpResponse:
+def knowledge_base_list(request: TenantRequest) -> HttpResponse:
     return _knowledge_base_list_page(request)
 
 
 @require_POST
 @login_required
 @role_required(*MANAGERS)
-def create(request: TenantRequest) -> HttpResponse:
+def knowledge_base_create(request: TenantRequest) -> HttpResponse:
     form = KnowledgeBaseForm(request.POST, tenant=request.tenant)
     if not form.is_valid():
         return _knowledge_base_list_page(request, form=form, status=400)
@@ -73,7 +71,7 @@ def create(request: TenantRequest) -> HttpResponse:
     except KnowledgeInputError as exc:
         form.add_error(None, str(exc))
         return _knowledge_base_list_page(request, form=form, status=400)
-    return redirect("knowledge:detail", knowledge_base_id=knowledge_base.pk)
+    return redirect("knowledge:knowledge_base_detail", knowledge_base_id=knowledge_base.pk)
 
 
 def _knowledge_base_detail_page(request: TenantRequest, knowledge_base: KnowledgeBase, *,
@@ -103,7 +101,7 @@ def _documents_context(knowledge_base: KnowledgeBase) -> dict[str, object]:
 @require_GET
 @login_required
 @role_required(*MANAGERS)
-def detail(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
+def knowledge_base_detail(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
     knowledge_base = knowledge_base_get_for_manager(request.membership, knowledge_base_id)
     return _knowledge_base_detail_page(request, knowledge_base)
 
@@ -111,7 +109,7 @@ def detail(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
 @require_POST
 @login_required
 @role_required(*MANAGERS)
-def update(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
+def knowledge_base_update(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
     knowledge_base = knowledge_base_get_for_manager(request.membership, knowledge_base_id)
     form = KnowledgeBaseForm(request.POST, tenant=request.tenant)
     if not form.is_valid():
@@ -122,22 +120,22 @@ def update(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
     except KnowledgeInputError as exc:
         form.add_error(None, str(exc))
         return _knowledge_base_detail_page(request, knowledge_base, form=form, status=400)
-    return redirect("knowledge:detail", knowledge_base_id=knowledge_base.pk)
+    return redirect("knowledge:knowledge_base_detail", knowledge_base_id=knowledge_base.pk)
 
 
 @require_POST
 @login_required
 @role_required(*MANAGERS)
-def delete(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
+def knowledge_base_delete(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
     knowledge_base = knowledge_base_get_for_manager(request.membership, knowledge_base_id)
     knowledge_base_services.knowledge_base_delete(knowledge_base=knowledge_base, actor=actor_from_request(request))
-    return redirect("knowledge:list")
+    return redirect("knowledge:knowledge_base_list")
 
 
 @require_POST
 @login_required
 @role_required(*MANAGERS)
-def upload(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
+def document_upload(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
     """Several files at once; each is stored and queued on its own, or refused with its reason."""
     knowledge_base = knowledge_base_get_for_manager(request.membership, knowledge_base_id)
     files = request.FILES.getlist("files")
@@ -154,7 +152,7 @@ def upload(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
 @require_GET
 @login_required
 @role_required(*MANAGERS)
-def documents(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
+def document_list(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
     """The documents table alone: the page polls it while anything is in progress."""
     knowledge_base = knowledge_base_get_for_manager(request.membership, knowledge_base_id)
     return render(request, "knowledge/detail.html#documents", _documents_context(knowledge_base))
@@ -167,7 +165,7 @@ def document_delete(request: TenantRequest, document_id: int) -> HttpResponse:
     document = document_get_for_manager(request.membership, document_id)
     knowledge_base_id = document.knowledge_base_id
     document_services.document_delete(document=document, actor=actor_from_request(request))
-    return redirect("knowledge:detail", knowledge_base_id=knowledge_base_id)
+    return redirect("knowledge:knowledge_base_detail", knowledge_base_id=knowledge_base_id)
 
 
 @require_POST
@@ -179,23 +177,23 @@ def document_retry(request: TenantRequest, document_id: int) -> HttpResponse:
         document_services.document_retry(document=document, actor=actor_from_request(request))
     except KnowledgeInputError as exc:
         return _knowledge_base_detail_page(request, document.knowledge_base, error=str(exc), status=400)
-    return redirect("knowledge:detail", knowledge_base_id=document.knowledge_base_id)
+    return redirect("knowledge:knowledge_base_detail", knowledge_base_id=document.knowledge_base_id)
 
 
 @require_POST
 @login_required
 @role_required(*MANAGERS)
-def source_add(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
+def source_create(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
     knowledge_base = knowledge_base_get_for_manager(request.membership, knowledge_base_id)
     form = SourceForm(request.POST)
     if not form.is_valid():
         return _knowledge_base_detail_page(request, knowledge_base, source_form=form, status=400)
     try:
-        sync.source_create(knowledge_base=knowledge_base, actor=actor_from_request(request), **form.cleaned_data)
+        sources.source_create(knowledge_base=knowledge_base, actor=actor_from_request(request), **form.cleaned_data)
     except KnowledgeInputError as exc:
         form.add_error(None, str(exc))
         return _knowledge_base_detail_page(request, knowledge_base, source_form=form, status=400)
-    return redirect("knowledge:detail", knowledge_base_id=knowledge_base.pk)
+    return redirect("knowledge:knowledge_base_detail", knowledge_base_id=knowledge_base.pk)
 
 
 @require_POST
@@ -204,8 +202,8 @@ def source_add(request: TenantRequest, knowledge_base_id: int) -> HttpResponse:
 def source_delete(request: TenantRequest, source_id: int) -> HttpResponse:
     source = source_get_for_manager(request.membership, source_id)
     knowledge_base_id = source.knowledge_base_id
-    sync.source_delete(source=source, actor=actor_from_request(request))
-    return redirect("knowledge:detail", knowledge_base_id=knowledge_base_id)
+    sources.source_delete(source=source, actor=actor_from_request(request))
+    return redirect("knowledge:knowledge_base_detail", knowledge_base_id=knowledge_base_id)
 
 
 @require_POST
@@ -214,8 +212,8 @@ def source_delete(request: TenantRequest, source_id: int) -> HttpResponse:
 def source_sync(request: TenantRequest, source_id: int) -> HttpResponse:
     """Queues a re-sync now; the sync itself records `source.sync` when it runs."""
     source = source_get_for_manager(request.membership, source_id)
-    sync.source_sync_request(source=source)
-    return redirect("knowledge:detail", knowledge_base_id=source.knowledge_base_id)
+    sources.source_sync_request(source=source)
+    return redirect("knowledge:knowledge_base_detail", knowledge_base_id=source.knowledge_base_id)
 
 
 @require_GET

@@ -35,7 +35,8 @@ def drop_policy_sql(table: str) -> str:
     return f"DROP POLICY IF EXISTS tenant_isolation ON {table}; ALTER TABLE {table} DISABLE ROW LEVEL SECURITY;"
 
 
-def _set(tenant_id: int | None, user_id: int | None) -> tuple[str, str]:
+def _tenant_settings_swap(tenant_id: int | None, user_id: int | None) -> tuple[str, str]:
+    """Sets the transaction's tenant and user; returns the values they had, to restore later."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT current_setting('app.tenant_id', true), current_setting('app.user_id', true),"
@@ -54,7 +55,7 @@ def tenant_context(tenant_id: int | None, user_id: int | None = None) -> Iterato
     savepoint's rollback undoes the setting by itself.
     """
     with transaction.atomic():
-        previous = _set(tenant_id, user_id)
+        previous = _tenant_settings_swap(tenant_id, user_id)
         yield
         with connection.cursor() as cursor:
             cursor.execute("SELECT set_config('app.tenant_id', %s, true), set_config('app.user_id', %s, true)",

@@ -113,7 +113,7 @@ def _upload(world, name: str, data: bytes):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     kb = _kb(world)
-    return logged_in(world.erin).post(reverse("knowledge:upload", args=[kb.pk]),
+    return logged_in(world.erin).post(reverse("knowledge:document_upload", args=[kb.pk]),
                                       {"files": [SimpleUploadedFile(name, data)]})
 
 
@@ -181,12 +181,12 @@ def _source_create(world):
 
     kb = _kb(world)
     with tempfile.TemporaryDirectory() as folder, override_settings(KNOWLEDGE_FOLDER_ROOTS=[Path(folder)]):
-        return logged_in(world.erin).post(reverse("knowledge:source_add", args=[kb.pk]),
+        return logged_in(world.erin).post(reverse("knowledge:source_create", args=[kb.pk]),
                                           {"kind": "folder", "location": folder, "sync_interval_minutes": 60})
 
 
 def _source_sync(world) -> None:
-    from knowledge.sync import source_sync
+    from knowledge.services.sources import source_sync
 
     source = _source(world)
     source_sync(tenant_id=source.tenant_id, source_id=source.pk)
@@ -266,15 +266,15 @@ SCENARIOS: dict[str, Callable[..., object]] = {
         "audit_retention_days": 180, "quota_messages_per_user_day": 200, "quota_tokens_per_month": 2_000_000,
         "sensitive": "on"}),
     "tenant.switch": _switch,
-    "knowledge_base.create": lambda w: logged_in(w.erin).post(reverse("knowledge:create"), {
+    "knowledge_base.create": lambda w: logged_in(w.erin).post(reverse("knowledge:knowledge_base_create"), {
         "name": "Handbook", "access_roles": ["employee"], "chunk_max_tokens": 256, "chunk_overlap_tokens": 32}),
-    "knowledge_base.update": lambda w: logged_in(w.erin).post(reverse("knowledge:update", args=[_kb(w).pk]), {
+    "knowledge_base.update": lambda w: logged_in(w.erin).post(reverse("knowledge:knowledge_base_update", args=[_kb(w).pk]), {
         "name": "Handbook 2", "access_roles": ["employee"], "chunk_max_tokens": 256, "chunk_overlap_tokens": 32}),
     "knowledge_base.sensitivity_change": lambda w: logged_in(w.erin).post(
-        reverse("knowledge:update", args=[_kb(w).pk]), {
+        reverse("knowledge:knowledge_base_update", args=[_kb(w).pk]), {
             "name": "Handbook", "access_roles": ["employee"], "chunk_max_tokens": 256, "chunk_overlap_tokens": 32,
             "sensitive": "on"}),
-    "knowledge_base.delete": lambda w: logged_in(w.erin).post(reverse("knowledge:delete", args=[_kb(w).pk])),
+    "knowledge_base.delete": lambda w: logged_in(w.erin).post(reverse("knowledge:knowledge_base_delete", args=[_kb(w).pk])),
     "document.upload": lambda w: _upload(w, "a.md", b"# Hello"),
     "document.reject": lambda w: _upload(w, "empty.md", b""),
     "document.chunk": _chunk,
@@ -333,21 +333,21 @@ STATE_CHANGING |= {
     "console:tenant_switch": "tenant.switch",
 }
 STATE_CHANGING |= {
-    "knowledge:create": "knowledge_base.create", "knowledge:update": "knowledge_base.update",
-    "knowledge:delete": "knowledge_base.delete", "knowledge:upload": "document.upload",
+    "knowledge:knowledge_base_create": "knowledge_base.create", "knowledge:knowledge_base_update": "knowledge_base.update",
+    "knowledge:knowledge_base_delete": "knowledge_base.delete", "knowledge:document_upload": "document.upload",
     "knowledge:document_delete": "document.delete", "knowledge:document_retry": "document.retry",
-    "knowledge:document_detail": "document.view", "knowledge:source_add": "source.create",
+    "knowledge:document_detail": "document.view", "knowledge:source_create": "source.create",
     "knowledge:source_delete": "source.delete",
     # Queues a sync; the sync records `source.sync` with what it found when it runs.
     "knowledge:source_sync": "source.sync",
-    "api:documents": "document.upload", "api:document": "document.delete",
+    "api:document_list": "document.upload", "api:document_detail": "document.delete",
     "chat:conversation_set_knowledge_bases": "conversation.knowledge_bases",
     "apikeys:api_key_create": "api_key.create", "apikeys:api_key_revoke": "api_key.revoke",
     # One request of the OpenAI-compatible API is one turn, audited as the chat page's are.
     "openai:chat_completions": "message.submit",
 }
-READ_ONLY = {"healthz", "chat:home", "chat:conversation_detail", "console:home", "knowledge:list",
-             "knowledge:detail", "knowledge:documents", "api:knowledge_bases",
+READ_ONLY = {"healthz", "chat:home", "chat:conversation_detail", "console:home", "knowledge:knowledge_base_list",
+             "knowledge:knowledge_base_detail", "knowledge:document_list", "api:knowledge_base_list",
              "apikeys:api_key_list", "openai:model_list", "openai:model_detail"}
 
 

@@ -112,7 +112,7 @@ def prompts(monkeypatch) -> list[list[dict[str, str]]]:
         seen.append(built)
         return built
 
-    monkeypatch.setattr(services, "build_chat_messages", spy)
+    monkeypatch.setattr(turns, "build_chat_messages", spy)
     return seen
 
 

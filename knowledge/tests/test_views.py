@@ -24,7 +24,7 @@ def make_kb(world, **kwargs) -> KnowledgeBase:
 
 
 def test_it_lets_a_knowledge_admin_create_a_knowledge_base_with_access_rules(world) -> None:
-    response = client_for(world.erin).post(reverse("knowledge:create"), {
+    response = client_for(world.erin).post(reverse("knowledge:knowledge_base_create"), {
         "name": "Board", "description": "Minutes", "access_roles": ["compliance"], "member_ids": [world.alice.pk],
         "chunk_max_tokens": 200, "chunk_overlap_tokens": 20})
     assert response.status_code == 302
@@ -37,9 +37,9 @@ def test_it_lets_a_knowledge_admin_create_a_knowledge_base_with_access_rules(wor
 def test_it_refuses_knowledge_pages_to_employees_and_compliance(world) -> None:
     kb = make_kb(world)
     for user in (world.alice, world.dora):
-        assert client_for(user).get(reverse("knowledge:list")).status_code == 403
-        assert client_for(user).get(reverse("knowledge:detail", args=[kb.pk])).status_code == 403
-        assert client_for(user).post(reverse("knowledge:upload", args=[kb.pk])).status_code == 403
+        assert client_for(user).get(reverse("knowledge:knowledge_base_list")).status_code == 403
+        assert client_for(user).get(reverse("knowledge:knowledge_base_detail", args=[kb.pk])).status_code == 403
+        assert client_for(user).post(reverse("knowledge:document_upload", args=[kb.pk])).status_code == 403
 
 
 def test_it_gives_charlie_404_for_tenant_a_knowledge(world) -> None:
@@ -49,15 +49,15 @@ def test_it_gives_charlie_404_for_tenant_a_knowledge(world) -> None:
     with tenant_context(world.tenant_b.pk):
         Membership.objects.filter(user=world.charlie).update(role=Role.KNOWLEDGE_ADMIN)
     charlie = client_for(world.charlie)
-    assert charlie.get(reverse("knowledge:detail", args=[kb.pk])).status_code == 404
-    assert charlie.post(reverse("knowledge:upload", args=[kb.pk]),
+    assert charlie.get(reverse("knowledge:knowledge_base_detail", args=[kb.pk])).status_code == 404
+    assert charlie.post(reverse("knowledge:document_upload", args=[kb.pk]),
                         {"files": [SimpleUploadedFile("a.md", b"# x")]}).status_code == 404
-    assert charlie.get(reverse("api:documents", args=[kb.pk])).status_code == 404
+    assert charlie.get(reverse("api:document_list", args=[kb.pk])).status_code == 404
 
 
 def test_it_uploads_several_files_and_shows_each_outcome(world) -> None:
     kb = make_kb(world)
-    response = client_for(world.erin).post(reverse("knowledge:upload", args=[kb.pk]), {"files": [
+    response = client_for(world.erin).post(reverse("knowledge:document_upload", args=[kb.pk]), {"files": [
         SimpleUploadedFile("a.md", b"# A\n\nalpha"), SimpleUploadedFile("b.txt", b"beta"),
         SimpleUploadedFile("empty.txt", b""), SimpleUploadedFile("fake.pdf", b"\x89PNG\r\n\x1a\nxxxx"),
     ]})
@@ -77,7 +77,7 @@ def test_it_stops_polling_when_nothing_is_in_progress(world) -> None:
     with tenant_context(world.tenant_a.pk):
         Document.objects.create(tenant=world.tenant_a, knowledge_base=kb, name="a", title="a", status="ready",
                                 progress=100, chunk_count=3)
-    response = client_for(world.erin).get(reverse("knowledge:documents", args=[kb.pk]), HTTP_HX_REQUEST="true")
+    response = client_for(world.erin).get(reverse("knowledge:document_list", args=[kb.pk]), HTTP_HX_REQUEST="true")
     body = response.content.decode()
     assert 'id="documents"' in body and "every 1s" not in body and 'value="100"' in body
 
@@ -104,25 +104,25 @@ def test_it_shows_a_document_with_the_cited_passage_highlighted(world) -> None:
 def test_it_uploads_and_lists_documents_through_the_api(world) -> None:
     kb = make_kb(world)
     erin = client_for(world.erin)
-    response = erin.post(reverse("api:documents", args=[kb.pk]), {"files": [
+    response = erin.post(reverse("api:document_list", args=[kb.pk]), {"files": [
         SimpleUploadedFile("a.md", b"# A\n\nalpha"), SimpleUploadedFile("empty.txt", b"")]})
     assert response.status_code == 201
     body = response.json()
     assert [o["outcome"] for o in body] == ["queued", "rejected"]
     assert body[1]["document"]["error"] == body[1]["message"] and body[1]["document"]["status"] == "failed"
-    listed = erin.get(reverse("api:documents", args=[kb.pk])).json()
+    listed = erin.get(reverse("api:document_list", args=[kb.pk])).json()
     assert {d["name"] for d in listed} == {"a.md", "empty.txt"}
     document_id = body[0]["document"]["id"]
-    assert erin.get(reverse("api:document", args=[document_id])).json()["status"] == "queued"
-    assert erin.delete(reverse("api:document", args=[document_id])).status_code == 204
-    assert client_for(world.alice).get(reverse("api:documents", args=[kb.pk])).status_code == 403
+    assert erin.get(reverse("api:document_detail", args=[document_id])).json()["status"] == "queued"
+    assert erin.delete(reverse("api:document_detail", args=[document_id])).status_code == 204
+    assert client_for(world.alice).get(reverse("api:document_list", args=[kb.pk])).status_code == 403
     # Employees list the knowledge bases they may chat with.
-    assert [k["name"] for k in client_for(world.alice).get(reverse("api:knowledge_bases")).json()] == ["Handbook"]
+    assert [k["name"] for k in client_for(world.alice).get(reverse("api:knowledge_base_list")).json()] == ["Handbook"]
 
 
 def test_it_rejects_an_upload_without_files(world) -> None:
     kb = make_kb(world)
-    response = client_for(world.erin).post(reverse("knowledge:upload", args=[kb.pk]))
+    response = client_for(world.erin).post(reverse("knowledge:document_upload", args=[kb.pk]))
     assert response.status_code == 400 and "Choose one or more files" in response.content.decode()
 
 
@@ -131,13 +131,13 @@ def test_it_lets_a_knowledge_admin_mark_a_knowledge_base_sensitive_and_audits_it
 
     erin = client_for(world.erin)
     fields = {"name": "Payroll", "access_roles": ["owner"], "chunk_max_tokens": 256, "chunk_overlap_tokens": 32}
-    assert erin.post(reverse("knowledge:create"), {**fields, "sensitive": "on"}).status_code == 302
+    assert erin.post(reverse("knowledge:knowledge_base_create"), {**fields, "sensitive": "on"}).status_code == 302
     with tenant_context(world.tenant_a.pk):
         kb = KnowledgeBase.objects.get(name="Payroll")
     assert kb.sensitive
-    page = erin.get(reverse("knowledge:detail", args=[kb.pk])).content.decode()
+    page = erin.get(reverse("knowledge:knowledge_base_detail", args=[kb.pk])).content.decode()
     assert 'name="sensitive" id="id_sensitive" checked' in page and 'id="kb-sensitive"' in page
-    assert erin.post(reverse("knowledge:update", args=[kb.pk]), fields).status_code == 302
+    assert erin.post(reverse("knowledge:knowledge_base_update", args=[kb.pk]), fields).status_code == 302
     with tenant_context(world.tenant_a.pk):
         kb.refresh_from_db()
         changes = list(AuditEvent.objects.filter(action="knowledge_base.sensitivity_change", target_id=str(kb.pk))
@@ -148,7 +148,7 @@ def test_it_lets_a_knowledge_admin_mark_a_knowledge_base_sensitive_and_audits_it
 
     with tenant_context(world.tenant_b.pk):
         Membership.objects.filter(user=world.charlie).update(role=Role.KNOWLEDGE_ADMIN)
-    response = client_for(world.charlie).post(reverse("knowledge:update", args=[kb.pk]), {**fields, "sensitive": "on"})
+    response = client_for(world.charlie).post(reverse("knowledge:knowledge_base_update", args=[kb.pk]), {**fields, "sensitive": "on"})
     assert response.status_code == 404
     with tenant_context(world.tenant_a.pk):
         kb.refresh_from_db()

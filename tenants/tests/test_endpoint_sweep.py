@@ -63,23 +63,23 @@ OBJECT_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
     "console:tenant_switch": lambda b: [("post", reverse("console:tenant_switch"), {"tenant_id": b["tenant"]})],
     "chat:conversation_set_knowledge_bases": lambda b: [
         ("post", reverse("chat:conversation_set_knowledge_bases", args=[b["conversation"]]), {"knowledge_base": [b["kb"]]})],
-    "knowledge:detail": lambda b: [("get", reverse("knowledge:detail", args=[b["kb"]]), {})],
-    "knowledge:update": lambda b: [("post", reverse("knowledge:update", args=[b["kb"]]), {
+    "knowledge:knowledge_base_detail": lambda b: [("get", reverse("knowledge:knowledge_base_detail", args=[b["kb"]]), {})],
+    "knowledge:knowledge_base_update": lambda b: [("post", reverse("knowledge:knowledge_base_update", args=[b["kb"]]), {
         "name": "hijacked", "chunk_max_tokens": 256, "chunk_overlap_tokens": 32})],
-    "knowledge:delete": lambda b: [("post", reverse("knowledge:delete", args=[b["kb"]]), {})],
-    "knowledge:upload": lambda b: [("post", reverse("knowledge:upload", args=[b["kb"]]), {})],
-    "knowledge:documents": lambda b: [("get", reverse("knowledge:documents", args=[b["kb"]]), {})],
-    "knowledge:source_add": lambda b: [("post", reverse("knowledge:source_add", args=[b["kb"]]), {
+    "knowledge:knowledge_base_delete": lambda b: [("post", reverse("knowledge:knowledge_base_delete", args=[b["kb"]]), {})],
+    "knowledge:document_upload": lambda b: [("post", reverse("knowledge:document_upload", args=[b["kb"]]), {})],
+    "knowledge:document_list": lambda b: [("get", reverse("knowledge:document_list", args=[b["kb"]]), {})],
+    "knowledge:source_create": lambda b: [("post", reverse("knowledge:source_create", args=[b["kb"]]), {
         "kind": "url", "location": "https://example.com/", "sync_interval_minutes": 60})],
     "knowledge:source_delete": lambda b: [("post", reverse("knowledge:source_delete", args=[b["source"]]), {})],
     "knowledge:source_sync": lambda b: [("post", reverse("knowledge:source_sync", args=[b["source"]]), {})],
     "knowledge:document_detail": lambda b: [("get", reverse("knowledge:document_detail", args=[b["document"]]), {})],
     "knowledge:document_delete": lambda b: [("post", reverse("knowledge:document_delete", args=[b["document"]]), {})],
     "knowledge:document_retry": lambda b: [("post", reverse("knowledge:document_retry", args=[b["document"]]), {})],
-    "api:documents": lambda b: [("get", reverse("api:documents", args=[b["kb"]]), {}),
-                                ("post", reverse("api:documents", args=[b["kb"]]), {})],
-    "api:document": lambda b: [("get", reverse("api:document", args=[b["document"]]), {}),
-                               ("delete", reverse("api:document", args=[b["document"]]), {})],
+    "api:document_list": lambda b: [("get", reverse("api:document_list", args=[b["kb"]]), {}),
+                                ("post", reverse("api:document_list", args=[b["kb"]]), {})],
+    "api:document_detail": lambda b: [("get", reverse("api:document_detail", args=[b["document"]]), {}),
+                               ("delete", reverse("api:document_detail", args=[b["document"]]), {})],
     "apikeys:api_key_revoke": lambda b: [("post", reverse("apikeys:api_key_revoke", args=[b["api_key"]]), {})],
 }
 # Endpoints without an object in the path: B's ids go in the query and the body instead.
@@ -99,11 +99,11 @@ COLLECTION_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
                                            {"tenant": b["tenant"], "audit_retention_days": "5"})],
     "login": lambda b: [("get", reverse("login"), {"next": f"/c/{b['conversation']}/"})],
     "logout": lambda b: [("post", reverse("logout"), {"next": f"/c/{b['conversation']}/"})],
-    "knowledge:list": lambda b: [("get", reverse("knowledge:list"), {"kb": b["kb"]})],
-    "knowledge:create": lambda b: [("post", reverse("knowledge:create"), {"name": "kb", "tenant": b["tenant"],
+    "knowledge:knowledge_base_list": lambda b: [("get", reverse("knowledge:knowledge_base_list"), {"kb": b["kb"]})],
+    "knowledge:knowledge_base_create": lambda b: [("post", reverse("knowledge:knowledge_base_create"), {"name": "kb", "tenant": b["tenant"],
                                                                           "chunk_max_tokens": 256,
                                                                           "chunk_overlap_tokens": 32})],
-    "api:knowledge_bases": lambda b: [("get", reverse("api:knowledge_bases"), {"tenant": b["tenant"]})],
+    "api:knowledge_base_list": lambda b: [("get", reverse("api:knowledge_base_list"), {"tenant": b["tenant"]})],
     "apikeys:api_key_list": lambda b: [("get", reverse("apikeys:api_key_list"), {"api_key": b["api_key"]})],
     "apikeys:api_key_create": lambda b: [("post", reverse("apikeys:api_key_create"), {"name": "hijack", "user": b["user"],
                                                                       "tenant": b["tenant"]})],

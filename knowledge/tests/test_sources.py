@@ -12,9 +12,8 @@ import pytest
 from django.utils import timezone
 
 from audit.services import SYSTEM
-from knowledge import sync
 from knowledge.models import Chunk, Document, KnowledgeSource
-from knowledge.services import KnowledgeInputError
+from knowledge.services import KnowledgeInputError, sources
 from knowledge.services.knowledge_bases import knowledge_base_create
 from knowledge.services.pipeline import document_embed, document_ingest
 from tenants.rls import tenant_context
@@ -47,7 +46,7 @@ def folder(settings, tmp_path: Path) -> Path:
 def make_source(world, kind: str, location: str) -> KnowledgeSource:
     with tenant_context(world.tenant_a.pk):
         kb = knowledge_base_create(tenant=world.tenant_a, name="Shared drive", actor=SYSTEM)
-        return sync.source_create(knowledge_base=kb, kind=kind, location=location, actor=SYSTEM)
+        return sources.source_create(knowledge_base=kb, kind=kind, location=location, actor=SYSTEM)
 
 
 def test_it_syncs_a_folder_and_then_touches_only_what_changed(world, folder: Path) -> None:
@@ -55,7 +54,7 @@ def test_it_syncs_a_folder_and_then_touches_only_what_changed(world, folder: Pat
     (folder / "travel.txt").write_text("Book through the travel desk.")
     (folder / "notes.bin").write_bytes(b"\x00\x01")  # not a supported format: ignored
     source = make_source(world, "folder", str(folder))
-    counts = sync.source_sync(tenant_id=source.tenant_id, source_id=source.pk)
+    counts = sources.source_sync(tenant_id=source.tenant_id, source_id=source.pk)
     assert counts["queued"] == 2
     ingest_all(source)
     before = chunk_ids(source)
@@ -63,7 +62,7 @@ def test_it_syncs_a_folder_and_then_touches_only_what_changed(world, folder: Pat
 
     (folder / "policies" / "leave.md").write_text("# Leave\n\nTwenty weeks.\n\n## Sick leave\n\nTen days.")
     (folder / "travel.txt").unlink()
-    counts = sync.source_sync(tenant_id=source.tenant_id, source_id=source.pk)
+    counts = sources.source_sync(tenant_id=source.tenant_id, source_id=source.pk)
     assert counts == {"queued": 0, "new_version": 1, "unchanged": 0, "rejected": 0, "removed": 1}
     ingest_all(source)
     after = chunk_ids(source)
@@ -75,7 +74,7 @@ def test_it_syncs_a_folder_and_then_touches_only_what_changed(world, folder: Pat
         document = Document.objects.get(source=source)
     assert document.version == 2 and document.chunks_embedded == 1
 
-    counts = sync.source_sync(tenant_id=source.tenant_id, source_id=source.pk)
+    counts = sources.source_sync(tenant_id=source.tenant_id, source_id=source.pk)
     assert counts["unchanged"] == 1 and counts["new_version"] == 0
 
 
@@ -92,7 +91,7 @@ def test_it_does_not_follow_links_out_of_the_folder(world, folder: Path, tmp_pat
     (folder / "link.txt").symlink_to(secret)
     (folder / "ok.txt").write_text("fine")
     source = make_source(world, "folder", str(folder))
-    sync.source_sync(tenant_id=source.tenant_id, source_id=source.pk)
+    sources.source_sync(tenant_id=source.tenant_id, source_id=source.pk)
     with tenant_context(world.tenant_a.pk):
         assert list(Document.objects.filter(source=source).values_list("name", flat=True)) == ["ok.txt"]
 
@@ -131,15 +130,15 @@ def site(settings) -> Iterator[str]:
 
 def test_it_syncs_a_url_and_skips_an_unchanged_page_by_etag(world, site: str) -> None:
     source = make_source(world, "url", site)
-    assert sync.source_sync(tenant_id=source.tenant_id, source_id=source.pk)["queued"] == 1
+    assert sources.source_sync(tenant_id=source.tenant_id, source_id=source.pk)["queued"] == 1
     ingest_all(source)
     with tenant_context(world.tenant_a.pk):
         document = Document.objects.get(source=source)
     assert document.status == "ready" and document.title == "Canteen"
-    assert sync.source_sync(tenant_id=source.tenant_id, source_id=source.pk)["unchanged"] == 1
+    assert sources.source_sync(tenant_id=source.tenant_id, source_id=source.pk)["unchanged"] == 1
     assert Site.hits[-1] == '"v1"'  # asked conditionally, answered 304
     Site.body, Site.etag = Site.body.replace(b"eight", b"nine"), '"v2"'
-    assert sync.source_sync(tenant_id=source.tenant_id, source_id=source.pk)["new_version"] == 1
+    assert sources.source_sync(tenant_id=source.tenant_id, source_id=source.pk)["new_version"] == 1
 
 
 def test_it_refuses_private_addresses_unless_allowed(world, settings) -> None:
@@ -154,10 +153,10 @@ def test_it_queues_only_sources_that_are_due(world, folder: Path) -> None:
     source = make_source(world, "folder", str(folder))
     with tenant_context(world.tenant_a.pk):
         KnowledgeSource.objects.filter(pk=source.pk).update(last_synced_at=timezone.now())
-    assert sync.sources_sync_due() == 0
+    assert sources.sources_sync_due() == 0
     with tenant_context(world.tenant_a.pk):
         KnowledgeSource.objects.filter(pk=source.pk).update(last_synced_at=timezone.now() - timedelta(minutes=61))
-    assert sync.sources_sync_due() == 1
+    assert sources.sources_sync_due() == 1
 
 
 def test_it_records_a_failed_sync_with_its_reason(world, folder: Path) -> None:
@@ -165,7 +164,7 @@ def test_it_records_a_failed_sync_with_its_reason(world, folder: Path) -> None:
 
     source = make_source(world, "folder", str(folder))
     folder.rename(folder.with_name("moved"))
-    sync.source_sync(tenant_id=source.tenant_id, source_id=source.pk)
+    sources.source_sync(tenant_id=source.tenant_id, source_id=source.pk)
     with tenant_context(world.tenant_a.pk):
         source.refresh_from_db()
         event = AuditEvent.objects.filter(action="source.sync").latest("seq")
