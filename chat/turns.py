@@ -91,7 +91,7 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
             sensitive = _sensitivity_reason(tenant_id=tenant_id, knowledge_base_ids=_turn_knowledge_base_ids(message))
         # The local engine or a remote server (inference.routing); both stream the same Deltas.
         route = routing.chat_route(messages=history, params=_sampling_params(message), sensitive=sensitive,
-                                   should_stop=watch.stop_requested)
+                                   should_stop=watch.check_stop_and_beat)
         handle = route.handle
     except Exception as exc:
         logger.exception("turn %s failed before generation", message.pk)
@@ -180,12 +180,12 @@ def _sampling_params(message: Message) -> SamplingParams:
 class _TurnWatch:
     """Everything a running turn checks while it waits: the Stop flag, and its own heartbeat.
 
-    `stop_requested()` is polled while routing waits for a remote's first token, while the local
-    engine still queues the request, and between deltas. Each poll reads the Stop flag at most
-    every STOP_POLL_INTERVAL_S and, as a side effect, touches the row every HEARTBEAT_INTERVAL_S,
-    so the stale-turn sweeper does not take a long wait, or a long answer, for a dead worker. A
-    heartbeat that finds the row no longer streaming (the sweeper failed it, or it was deleted)
-    stops the turn too: nobody will store its answer.
+    `check_stop_and_beat()` is polled while routing waits for a remote's first token, while the
+    local engine still queues the request, and between deltas. It reads the Stop flag at most every
+    STOP_POLL_INTERVAL_S, and writes: it touches the row every HEARTBEAT_INTERVAL_S, so the
+    stale-turn sweeper does not take a long wait, or a long answer, for a dead worker. A heartbeat
+    that finds the row no longer streaming (the sweeper failed it, or it was deleted) stops the
+    turn too: nobody will store its answer.
     """
 
     def __init__(self, message: Message) -> None:
@@ -194,7 +194,8 @@ class _TurnWatch:
         self.last_stop_poll = 0.0
         self.last_heartbeat = time.monotonic()
 
-    def stop_requested(self) -> bool:
+    def check_stop_and_beat(self) -> bool:
+        """Whether the turn must stop; beats the heartbeat when one is due."""
         now = time.monotonic()
         if not self.stop and now - self.last_stop_poll >= STOP_POLL_INTERVAL_S:
             self.last_stop_poll = now
@@ -217,7 +218,7 @@ def _watched_deltas(handle: StreamHandle, watch: _TurnWatch) -> Iterator[Delta]:
     cancels the request: the handle then ends with a "cancelled" delta."""
     while True:
         delta = handle.next_delta(timeout=STOP_POLL_INTERVAL_S)
-        if watch.stop_requested():
+        if watch.check_stop_and_beat():
             handle.cancel()  # idempotent: the Stop flag stays set
         if delta is None:
             continue

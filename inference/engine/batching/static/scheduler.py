@@ -124,7 +124,7 @@ class StaticBatcher:
         ring = _PIPELINE_DEPTH + 1
         self._host_positions = [torch.zeros(self.slots, dtype=torch.long, pin_memory=pin) for _ in range(ring)]
         self._host_tokens = [torch.zeros(self.slots, dtype=torch.long, pin_memory=pin) for _ in range(ring)]
-        self._flip = 0
+        self._next_host_buffer = 0  # index into the ring above, advanced by each launched step
 
     @classmethod
     def start(
@@ -356,9 +356,9 @@ class StaticBatcher:
         runner = self.runner
         batch = runner.batch_bucket(top)
         context = runner.context_bucket(max(r.pos for _, r in owners) + 1)
-        host_positions = self._host_positions[self._flip]
-        host_tokens = self._host_tokens[self._flip]
-        self._flip = (self._flip + 1) % len(self._host_tokens)
+        host_positions = self._host_positions[self._next_host_buffer]
+        host_tokens = self._host_tokens[self._next_host_buffer]
+        self._next_host_buffer = (self._next_host_buffer + 1) % len(self._host_tokens)
         host_positions.zero_()
         for slot, request in owners:
             host_positions[slot] = request.pos
