@@ -201,3 +201,14 @@ def test_it_gives_the_same_tokens_with_its_small_kernels_compiled(
         assert _static(eng).runner.ops._rope_write is not _static(eng).runner.ops._rope_write_eager  # no fallback was needed
     finally:
         eng.close()
+
+
+def test_it_frees_the_slot_cache_when_closed_though_the_engine_is_still_referenced(
+    tiny_model: Any, tokenizer: Any
+) -> None:
+    eng = Engine.from_model(tiny_model, tokenizer, batching="static", max_batch=2, max_context=64)
+    runner = _static(eng).runner
+    assert len(runner.k_cache) == len(runner.v_cache) == tiny_model.config.num_hidden_layers
+    eng.close()
+    # The caller still holds `eng`: the cache must be gone all the same (the next engine needs it).
+    assert runner.k_cache == [] and runner.v_cache == [] and runner.graphs == {}

@@ -117,6 +117,13 @@ class ModelRunner:
         self.graphs: dict[tuple[int, int], Any] = {}
         self._graph_pool: Any = None
 
+    def release(self) -> None:
+        """Frees the slot cache and the captured graphs; the runner is unusable afterwards."""
+        self.k_cache, self.v_cache = [], []
+        self.graphs.clear()
+        self._graph_pool = None
+        self._logits = self._logits.new_zeros(0)
+
     # ---- buckets
 
     def batch_bucket(self, needed: int) -> int:

@@ -221,6 +221,10 @@ class StaticBatcher:
             self._lock.notify_all()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            # A closed engine may stay referenced (a caller's variable, a test): its KV cache and
+            # graph memory must not stay with it, or the next engine on the card starts short.
+            self.runner.release()
 
     def stats(self) -> dict[str, int]:
         with self._lock:
