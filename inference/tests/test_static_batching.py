@@ -211,4 +211,4 @@ def test_it_frees_the_slot_cache_when_closed_though_the_engine_is_still_referenc
     assert len(runner.k_cache) == len(runner.v_cache) == tiny_model.config.num_hidden_layers
     eng.close()
     # The caller still holds `eng`: the cache must be gone all the same (the next engine needs it).
-    assert runner.k_cache == [] and runner.v_cache == [] and runner.graphs == {}
+    assert runner.k_cache == [] and runner.v_cache == [] and runner.graphs == {} and runner._fused == []

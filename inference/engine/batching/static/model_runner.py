@@ -118,7 +118,10 @@ class ModelRunner:
         self._graph_pool: Any = None
 
     def release(self) -> None:
-        """Frees the slot cache and the captured graphs; the runner is unusable afterwards."""
+        """Frees the slot cache, the captured graphs and the fused weights; the runner is unusable
+        afterwards. The fused weights matter too: the model's layers are views into them only until
+        the next runner fuses the same model again, which would otherwise hold both copies."""
+        self._fused = []
         self.k_cache, self.v_cache = [], []
         self.graphs.clear()
         self._graph_pool = None
