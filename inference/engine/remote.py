@@ -13,18 +13,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import queue
 import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from .request import Delta, FinishReason, SamplingParams
+from .request import Delta, DeltaQueue, FinishReason, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +220,7 @@ class RemoteServer:
         return body
 
 
-class RemoteServerHandle:
+class RemoteServerHandle(DeltaQueue):
     """A streaming request to a remote server, shaped like the engine's `RequestHandle`.
 
     A reader thread POSTs the request, parses the server-sent events and queues `Delta`s. Before
@@ -230,7 +229,10 @@ class RemoteServerHandle:
     wait in short polls and enforce the deadlines there.
     """
 
+    poll_s = _POLL_S  # deadlines are checked at each poll
+
     def __init__(self, server: RemoteServer, messages: list[dict[str, str]], params: SamplingParams) -> None:
+        super().__init__()
         self.id = f"{server.name}-{id(self):x}"
         self.server = server
         self.params = params
@@ -246,8 +248,6 @@ class RemoteServerHandle:
         self._messages = messages
         self._submitted_at = time.monotonic()
         self._last_chunk_at = self._submitted_at
-        self._deltas: queue.Queue[Delta] = queue.Queue()
-        self._done = threading.Event()
         self._started = threading.Event()  # first text, or the end
         self._cancel = threading.Event()
         self._lock = threading.Lock()
@@ -284,23 +284,8 @@ class RemoteServerHandle:
         return self._wait_for(self._started, timeout, should_stop)
 
     def next_delta(self, timeout: float) -> Delta | None:
-        """The next Delta, or None when none came within `timeout` (see RequestHandle.next_delta)."""
-        self._check_deadlines()
-        try:
-            return self._deltas.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def __iter__(self) -> Iterator[Delta]:
-        while True:
-            delta = self.next_delta(_POLL_S)
-            if delta is None:
-                if self._done.is_set() and self._deltas.empty():
-                    return  # iterated again after the final Delta was consumed
-                continue
-            yield delta
-            if delta.finished:
-                return
+        self._check_deadlines()  # a stalled server ends the request at its deadline
+        return super().next_delta(timeout)
 
     def _wait_for(self, event: threading.Event, timeout: float | None,
                   should_stop: Callable[[], bool] | None = None) -> bool:

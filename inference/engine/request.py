@@ -46,6 +46,43 @@ class EngineError(RuntimeError):
     """The engine cannot accept or run a request."""
 
 
+class DeltaQueue:
+    """The consuming side of a handle: the Deltas its producer thread queues, read in order.
+
+    Shared by the local `RequestHandle` and the remote server's handle, which produce differently
+    but are read the same way: iterated to the final Delta, or polled with `next_delta` by a caller
+    that must check other things meanwhile.
+    """
+
+    # How often an iterating consumer wakes on an empty queue (to check its producer is alive,
+    # or a deadline): a subclass sets its own.
+    poll_s = _POLL_S
+
+    def __init__(self) -> None:
+        self._deltas: queue.Queue[Delta] = queue.Queue()
+        self._done = threading.Event()
+
+    def next_delta(self, timeout: float) -> Delta | None:
+        """The next Delta, or None when none came within `timeout`: the request may still wait
+        for a free slot behind others, and a caller that must check other things (Stop, its own
+        heartbeat) meanwhile gets control back."""
+        try:
+            return self._deltas.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def __iter__(self) -> Iterator[Delta]:
+        while True:
+            delta = self.next_delta(self.poll_s)
+            if delta is None:
+                if self._done.is_set() and self._deltas.empty():
+                    return  # iterated again after the final Delta was consumed
+                continue
+            yield delta
+            if delta.finished:
+                return
+
+
 class RequestOwner(Protocol):
     """What a handle needs of the engine that made it (the `Engine`; tests pass a stand-in)."""
 
@@ -56,10 +93,11 @@ class RequestOwner(Protocol):
     def _alive(self) -> bool: ...
 
 
-class RequestHandle:
+class RequestHandle(DeltaQueue):
     """A submitted request: iterate it for `Delta`s, `cancel()` it from any thread."""
 
     def __init__(self, request_id: str, engine: RequestOwner, params: SamplingParams, eos_ids: set[int]) -> None:
+        super().__init__()
         self.id = request_id
         self.params = params
         self.text = ""  # text emitted so far; the full answer once finished
@@ -73,8 +111,6 @@ class RequestHandle:
         self._submitted_at = time.perf_counter()
         self._cancel_requested = False
         self._cancelled_at: float | None = None
-        self._deltas: queue.Queue[Delta] = queue.Queue()
-        self._done = threading.Event()
         self._lock = threading.Lock()
         # Incremental detokenization state (see _text_of).
         self._decoded = ""
@@ -110,27 +146,11 @@ class RequestHandle:
         return self._done.wait(timeout)
 
     def next_delta(self, timeout: float) -> Delta | None:
-        """The next Delta, or None when none came within `timeout`: the request may still wait
-        for a free slot behind others, and a caller that must check other things (Stop, its own
-        heartbeat) meanwhile gets control back."""
-        try:
-            return self._deltas.get(timeout=timeout)
-        except queue.Empty:
-            # Never wait forever: if the engine's thread died, end the request as an error.
-            if not self._done.is_set() and not self._engine._alive():
-                self._finish("error", "generation thread stopped")
-            return None
-
-    def __iter__(self) -> Iterator[Delta]:
-        while True:
-            delta = self.next_delta(_POLL_S)
-            if delta is None:
-                if self._done.is_set() and self._deltas.empty():
-                    return  # iterated again after the final Delta was consumed
-                continue
-            yield delta
-            if delta.finished:
-                return
+        delta = super().next_delta(timeout)
+        # Never wait forever: if the engine's thread died, end the request as an error.
+        if delta is None and not self._done.is_set() and not self._engine._alive():
+            self._finish("error", "generation thread stopped")
+        return delta
 
     # ---- called by the batcher's background thread ----
 
