@@ -52,7 +52,7 @@ def _clean_test_redis() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _knowledge_storage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Uploaded files go to a temporary folder, for this process and for the daphne it starts."""
+    """Uploaded files and audit anchors go to temporary folders, for this process and the daphne it starts."""
     if not request.config.pluginmanager.hasplugin("django"):
         return
     from django.conf import settings
@@ -60,6 +60,10 @@ def _knowledge_storage(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     folder = tmp_path_factory.mktemp("knowledge-storage")
     settings.KNOWLEDGE_STORAGE_DIR = folder
     os.environ["KNOWLEDGE_STORAGE_DIR"] = str(folder)
+    # Audit anchors of this run's test database only (audit/anchors.py), not the data dir's.
+    anchors = tmp_path_factory.mktemp("audit-anchors") / "anchors.jsonl"
+    settings.AUDIT_ANCHOR_FILE = anchors
+    os.environ["AUDIT_ANCHOR_FILE"] = str(anchors)
 
 
 @pytest.fixture(scope="session")

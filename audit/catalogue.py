@@ -63,6 +63,7 @@ CATALOGUE: dict[str, AuditedAction] = {
         AuditedAction("audit.view", "iam", "A compliance user read the audit trail or one event."),
         AuditedAction("audit.export", "iam", "A compliance user exported the audit trail."),
         AuditedAction("audit.prune", "configuration", "Retention removed a verified prefix of the trail."),
+        AuditedAction("audit.retention_set", "configuration", "The platform set a chain's audit retention."),
     ]
 }
 

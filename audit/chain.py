@@ -20,6 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Q, QuerySet
 
+from audit.anchors import newest_anchor
 from audit.models import PLATFORM_CHAIN, AuditCheckpoint, AuditEvent, AuditHead
 
 GENESIS_HASH = "0" * 64
@@ -88,6 +89,7 @@ class ChainReport:
     verified_upto: int  # the last position that verified (0: none, or the checkpoint)
     events: int  # events checked
     broken: Break | None
+    head_hash: str = ""  # the hash at verified_upto, when the chain verified
 
     @property
     def ok(self) -> bool:
@@ -157,7 +159,25 @@ def _verify(chain: int) -> ChainReport:
         if head.seq != expected - 1 or head.hash != prev:
             detail = f"events {expected}..{head.seq} at the end of the chain are missing"
             return ChainReport(chain, expected - 1, count, Break("deleted", expected, None, detail))
-    return ChainReport(chain, expected - 1, count, None)
+    rolled_back = _rolled_back(chain, expected - 1, checkpoint.seq if checkpoint is not None else 0)
+    if rolled_back is not None:
+        return ChainReport(chain, expected - 1, count, rolled_back)
+    return ChainReport(chain, expected - 1, count, None, head_hash=prev)
+
+
+def _rolled_back(chain: int, last: int, pruned_upto: int) -> Break | None:
+    """Whether the chain lost events that an earlier verification anchored outside the database."""
+    anchor = newest_anchor(chain)
+    if anchor is None or anchor.seq <= pruned_upto:
+        return None
+    if anchor.seq > last:
+        return Break("deleted", last + 1, None, f"events {last + 1}..{anchor.seq} were verified at {anchor.at}"
+                     " and are gone: the newest events were removed and the head rolled back")
+    hash_ = chain_events(chain).filter(seq=anchor.seq).values_list("hash", flat=True).first()
+    if hash_ != anchor.hash:
+        return Break("deleted", anchor.seq, None, f"event {anchor.seq} is not the one verified at {anchor.at}:"
+                     " the chain was rolled back and written again from there")
+    return None
 
 
 def _classify(

@@ -67,6 +67,20 @@ class AuditHead(models.Model):
     mac = models.CharField(max_length=64)
 
 
+class AuditRetention(models.Model):
+    """How many days a chain keeps its events, when the platform set or an owner lengthened it.
+
+    A chain without a row keeps AUDIT_DEFAULT_RETENTION_DAYS. The application role may only read
+    this table (migration 0003): the platform writes it through a privileged job, and a tenant
+    owner can only lengthen their own chain's retention (`audit_retention_lengthen`, in SQL). So
+    the application, or whoever takes it over, cannot shorten a trail to erase it.
+    """
+
+    chain = models.BigIntegerField(primary_key=True)
+    days = models.PositiveIntegerField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+
 class AuditCheckpoint(models.Model):
     """Where a chain resumes after retention pruned its prefix: the last pruned event's seq and hash."""
 

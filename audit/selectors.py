@@ -3,9 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Q, QuerySet
 
-from audit.models import AuditEvent
+from audit.models import AuditEvent, AuditRetention
 from tenants.models import Tenant
 
 
@@ -41,3 +42,9 @@ def audit_event_get(*, tenant: Tenant, event_id: int) -> AuditEvent:
         return AuditEvent.objects.get(tenant=tenant, pk=event_id)
     except AuditEvent.DoesNotExist:
         raise Http404("No such audit event.") from None
+
+
+def retention_days(chain: int) -> int:
+    """How many days the chain keeps its events (the platform's default when nobody changed it)."""
+    days = AuditRetention.objects.filter(chain=chain).values_list("days", flat=True).first()
+    return int(days) if days is not None else int(settings.AUDIT_DEFAULT_RETENTION_DAYS)

@@ -14,7 +14,8 @@ from django.utils import timezone
 from audit.catalogue import CATALOGUE
 from audit.chain import GENESIS_HASH, event_fields, event_hash, head_mac
 from audit.models import PLATFORM_CHAIN, AuditEvent, Outcome
-from tenants.rls import tenant_context
+from audit.selectors import retention_days
+from tenants.rls import owner_connection, tenant_context
 
 # Advisory-lock namespace for chain writers (the second key is the chain).
 _CHAIN_LOCK = 7411
@@ -159,19 +160,51 @@ def actor_from_scope(scope: Mapping[str, Any], role: str) -> Actor:
     )
 
 
+class RetentionError(ValueError):
+    """A retention change that is not allowed; the message says why."""
+
+
+def audit_retention_lengthen(*, chain: int, days: int) -> int:
+    """An owner's console lengthens the current tenant's retention; returns the days now kept.
+
+    The database function writes only upwards and only for the current tenant: the application
+    role cannot shorten a trail, whatever this code does. Refused here too, with a reason.
+    """
+    current = retention_days(chain)
+    if days < current:
+        raise RetentionError(f"The audit retention can only be lengthened: it is {current} days.")
+    with tenant_context(chain), connection.cursor() as cursor:
+        cursor.execute("SELECT audit_retention_lengthen(%s, %s)", [chain, days])
+        return int(cursor.fetchone()[0])
+
+
+def audit_retention_set(*, chain: int, days: int, actor: Actor) -> None:
+    """The platform sets a chain's retention, never below AUDIT_MIN_RETENTION_DAYS. Privileged: it
+    writes as the owner role, which the application role cannot do."""
+    floor = settings.AUDIT_MIN_RETENTION_DAYS
+    if days < floor:
+        raise RetentionError(f"The platform's floor is {floor} days; {days} is below it.")
+    previous = retention_days(chain)
+    with owner_connection() as conn:
+        conn.execute(
+            "INSERT INTO audit_auditretention (chain, days, updated_at) VALUES (%s, %s, now())"
+            " ON CONFLICT (chain) DO UPDATE SET days = EXCLUDED.days, updated_at = now()", [chain, days])
+    audit_record(tenant_id=chain or None, actor=actor, action="audit.retention_set", target_type="audit_chain",
+                 target_id=chain, payload={"from": previous, "to": days})
+
+
 def audit_prune_expired(*, chain: int) -> int:
     """Removes the chain's expired prefix, but only as far as it verifies; returns events removed.
 
-    The database function re-checks the retention period itself and writes the checkpoint from
-    which later verification resumes.
+    A privileged job: it verifies the chain and makes the checkpoint MAC itself (with the key only
+    the application holds), then deletes as the owner role through `audit_prune`, which the
+    application role may not call. The database function re-checks the retention itself.
     """
     from datetime import timedelta
 
     from audit.chain import chain_events, checkpoint_mac, verify_chain
-    from tenants.models import Tenant
 
-    retention = Tenant.objects.filter(pk=chain).values_list("audit_retention_days", flat=True).first()
-    days = retention if retention is not None else settings.AUDIT_DEFAULT_RETENTION_DAYS
+    days = retention_days(chain)
     cutoff = timezone.now() - timedelta(days=days)
     with tenant_context(chain):
         _lock_chain(chain)
@@ -182,11 +215,10 @@ def audit_prune_expired(*, chain: int) -> int:
         last = events.filter(seq=upto).first() if upto > 0 else None
         if last is None or last.occurred_at >= cutoff:
             return 0
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT audit_prune(%s, %s, %s, %s)", [chain, upto, last.hash, checkpoint_mac(chain, upto, last.hash)]
-            )
-            removed = int(cursor.fetchone()[0])
+        with owner_connection(tenant_id=chain) as conn:
+            row = conn.execute("SELECT audit_prune(%s, %s, %s, %s)",
+                               [chain, upto, last.hash, checkpoint_mac(chain, upto, last.hash)]).fetchone()
+        removed = int(row[0]) if row is not None else 0
         audit_record(
             tenant_id=chain or None, actor=SYSTEM, action="audit.prune", target_type="audit_chain", target_id=chain,
             payload={"removed": removed, "upto_seq": upto, "retention_days": days,

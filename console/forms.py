@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from django import forms
 
-from console.services import SETTINGS_FIELDS
+from audit.selectors import retention_days
+from console.services import RETENTION_FIELD, SETTINGS_FIELDS
 from tenants.models import Role, Tenant
 
 
@@ -15,11 +16,14 @@ class UserCreateForm(forms.Form):
 class TenantSettingsForm(forms.Form):
     # A plain form, not a ModelForm: validating must not change the tenant before the service
     # compares old and new values for the audit record.
-    audit_retention_days = forms.IntegerField(min_value=1, max_value=3650, label="Audit retention (days)")
+    audit_retention_days = forms.IntegerField(min_value=1, max_value=3650, label="Audit retention (days)",
+                                              help_text="Can only be lengthened.")
     quota_messages_per_user_day = forms.IntegerField(min_value=0, label="Messages per user per day (0: unlimited)")
     quota_tokens_per_month = forms.IntegerField(min_value=0, label="Generated tokens per month (0: unlimited)")
     sensitive = forms.BooleanField(required=False, label="Sensitive: answer only with the local model")
 
     @classmethod
     def for_tenant(cls, tenant: Tenant) -> TenantSettingsForm:
-        return cls(initial={name: getattr(tenant, name) for name in (*SETTINGS_FIELDS, "sensitive")})
+        initial: dict[str, object] = {name: getattr(tenant, name) for name in (*SETTINGS_FIELDS, "sensitive")}
+        initial[RETENTION_FIELD] = retention_days(tenant.pk)
+        return cls(initial=initial)

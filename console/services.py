@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from django.contrib.auth.models import Permission, User
 from django.db import transaction
 
-from audit.services import SYSTEM, Actor, audit_record
+from audit.selectors import retention_days
+from audit.services import SYSTEM, Actor, RetentionError, audit_record, audit_retention_lengthen
 from tenants.models import Membership, Role, Tenant
 from tenants.rls import tenant_context
 
@@ -144,22 +145,42 @@ def membership_set_active(*, membership: Membership, active: bool, actor: Actor)
     return membership
 
 
-SETTINGS_FIELDS = ("audit_retention_days", "quota_messages_per_user_day", "quota_tokens_per_month")
+SETTINGS_FIELDS = ("quota_messages_per_user_day", "quota_tokens_per_month")
+RETENTION_FIELD = "audit_retention_days"
+
+
+class SettingsError(ValueError):
+    """A settings change that is not allowed; the message says why, for the owner."""
 
 
 @transaction.atomic
 def tenant_settings_update(*, tenant: Tenant, values: dict[str, int], actor: Actor) -> Tenant:
     """The console's settings form: retention and quotas, and the sensitivity flag, which is
-    audited as its own event (compliance looks for it, not for a quota change)."""
+    audited as its own event (compliance looks for it, not for a quota change).
+
+    The audit retention is not a tenant field: it lives where the application cannot shorten it
+    (audit.models.AuditRetention), and an owner may only lengthen it. A refused change fails the
+    whole form, so nothing is half-applied.
+    """
+    changes: dict[str, list[int]] = {}
+    if RETENTION_FIELD in values:
+        current, wanted = retention_days(tenant.pk), values[RETENTION_FIELD]
+        if wanted != current:
+            try:
+                changes[RETENTION_FIELD] = [current, audit_retention_lengthen(chain=tenant.pk, days=wanted)]
+            except RetentionError as exc:
+                raise SettingsError(str(exc)) from None
     if "sensitive" in values:
         tenant_set_sensitive(tenant=tenant, sensitive=bool(values["sensitive"]), actor=actor)
-    changes = {name: [getattr(tenant, name), values[name]] for name in SETTINGS_FIELDS
-               if name in values and getattr(tenant, name) != values[name]}
+    quotas = {name: [getattr(tenant, name), values[name]] for name in SETTINGS_FIELDS
+              if name in values and getattr(tenant, name) != values[name]}
+    for name, (_, new) in quotas.items():
+        setattr(tenant, name, new)
+    if quotas:
+        tenant.save(update_fields=list(quotas))
+    changes |= quotas
     if not changes:
         return tenant
-    for name, (_, new) in changes.items():
-        setattr(tenant, name, new)
-    tenant.save(update_fields=list(changes))
     audit_record(tenant_id=tenant.pk, actor=actor, action="tenant.settings_update", target_type="tenant",
                  target_id=tenant.pk, payload={"changes": changes})
     return tenant

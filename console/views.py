@@ -101,8 +101,12 @@ def tenant_settings_update(request: TenantRequest) -> HttpResponse:
     form = TenantSettingsForm(request.POST)
     if not form.is_valid():
         return _render_console(request, settings_form=form, status=400)
-    services.tenant_settings_update(tenant=request.tenant, values=form.cleaned_data,
-                                    actor=actor_from_request(request))
+    try:
+        services.tenant_settings_update(tenant=request.tenant, values=form.cleaned_data,
+                                        actor=actor_from_request(request))
+    except services.SettingsError as exc:
+        form.add_error(None, str(exc))
+        return _render_console(request, settings_form=form, status=400)
     return redirect("console:home")
 
 

@@ -80,6 +80,10 @@ SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-change-me-in-productio
 # could rewrite history consistently. Changing it makes every existing chain fail verification.
 AUDIT_HMAC_KEY = env_str("AUDIT_HMAC_KEY", "audit:" + SECRET_KEY)
 AUDIT_DEFAULT_RETENTION_DAYS = env_int("AUDIT_DEFAULT_RETENTION_DAYS", 180)
+# The shortest retention the platform may set for a chain (owners can only lengthen theirs).
+AUDIT_MIN_RETENTION_DAYS = env_int("AUDIT_MIN_RETENTION_DAYS", 180)
+# Each verification appends the verified heads here, outside the database (see audit/anchors.py).
+AUDIT_ANCHOR_FILE = Path(env_str("AUDIT_ANCHOR_FILE", str(DATA_DIR / "audit" / "anchors.jsonl")))
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 

@@ -15,7 +15,6 @@ class Tenant(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=60, unique=True)
     # Audit events older than this are pruned (as a whole, verified prefix of the chain).
-    audit_retention_days = models.PositiveIntegerField(default=180)
     # Quotas; 0 means unlimited.
     quota_messages_per_user_day = models.PositiveIntegerField(default=200)
     quota_tokens_per_month = models.PositiveBigIntegerField(default=2_000_000)

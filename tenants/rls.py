@@ -69,6 +69,25 @@ def current_tenant_setting() -> str:
 
 
 @contextmanager
+def owner_connection(tenant_id: int | None = None) -> Iterator[Any]:
+    """A connection of its own as the owner role, in autocommit, for the few privileged jobs (audit
+    pruning, platform retention). Django's connection stays the app role's, with its transaction.
+
+    Row-level security is forced on the owner too: `tenant_id` sets the tenant for the session.
+    """
+    import psycopg
+
+    config = connection.settings_dict
+    with psycopg.connect(host=config["HOST"] or None, port=config["PORT"] or None, dbname=config["NAME"],
+                         user=str(settings.DATABASE_OWNER["USER"]),
+                         password=str(settings.DATABASE_OWNER["PASSWORD"]) or None,
+                         autocommit=True, **config.get("OPTIONS", {})) as conn:
+        if tenant_id is not None:
+            conn.execute("SELECT set_config('app.tenant_id', %s, false)", [str(tenant_id)])
+        yield conn
+
+
+@contextmanager
 def as_owner(alias: str = "default") -> Iterator[Any]:
     """Reconnects `alias` as the owner role for schema work (migrate, flush), then back."""
     conn = connections[alias]

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from audit.anchors import anchor_verified
 from audit.chain import chains, verify_chain
 from audit.models import PLATFORM_CHAIN
 
@@ -16,10 +17,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         keys = [options["tenant"]] if options["tenant"] is not None else chains()
-        broken = 0
-        for key in keys:
-            report = verify_chain(key)
+        reports = [verify_chain(key) for key in keys]
+        for report in reports:
             self.stdout.write(report.describe())
-            broken += not report.ok
+        anchor_verified(reports)
+        broken = sum(not report.ok for report in reports)
         if broken:
             raise CommandError(f"{broken} of {len(keys)} audit chain(s) are broken", returncode=1)
