@@ -10,7 +10,8 @@ Server -> client frames:
   {"type": "reset", "message_id": 12, "seq": 9}
   {"type": "end", "message_id": 12, "seq": 10, "status": "done", "html": ...}
   {"type": "error", "error": "..."}
-Close codes before accept: 4401 not logged in, 4404 unknown or foreign conversation.
+Close codes before accept: 4401 not logged in, 4404 unknown or foreign conversation. After accept:
+4403 the user's access changed (logout, deactivation, role change; see chat/socket_access.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from audit.services import actor_from_scope
 from chat import services, streams
 from chat.models import Conversation, Message
 from chat.selectors import conversation_get_for_user, message_find, message_get_in_conversation
-from tenants.access import membership_get_active
+from chat.socket_access import CLOSE_ACCESS_CHANGED, user_group
+from tenants.access import membership_get_active, membership_get_exact
 from tenants.middleware import SESSION_TENANT_KEY
 from tenants.models import Membership
 from tenants.rls import tenant_context
@@ -40,6 +42,10 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 MAX_FRAME_CHARS = 64 * 1024
+
+
+class AccessChanged(Exception):
+    """The user's membership or account is no longer active (or moved): the socket must close."""
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -61,6 +67,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.membership, self.conversation = found
         self.redis = streams.reader_client()
         self.relays: dict[int, asyncio.Task[None]] = {}
+        # Logout, deactivation or a role change closes this socket (chat.socket_access).
+        await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
         await self.accept()
 
     @database_sync_to_async
@@ -83,7 +91,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Every database call of this consumer runs in its own transaction, in this tenant."""
         return tenant_context(self.membership.tenant_id, self.user.pk)
 
+    async def access_changed(self, event: dict[str, Any]) -> None:
+        """The user's access changed elsewhere: close, so the page reconnects and is checked again."""
+        await self._error(f"Your access changed ({event.get('reason', '')}); reconnecting.")
+        await self.close(code=CLOSE_ACCESS_CHANGED)
+
     async def disconnect(self, code: int) -> None:
+        if hasattr(self, "user"):
+            await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
         relays = list(getattr(self, "relays", {}).values())
         for task in relays:
             task.cancel()
@@ -128,6 +143,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Http404:
             await self.close(code=CLOSE_NOT_FOUND)
             return
+        except AccessChanged:
+            await self._error("Your access to this organisation changed; reload the page.")
+            await self.close(code=CLOSE_ACCESS_CHANGED)
+            return
         await self.send(
             text_data=json.dumps(
                 {
@@ -145,6 +164,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
     @database_sync_to_async
     def _store_turn(self, text: str) -> tuple[Message, Message]:
         with self._tenant():
+            # Access is checked again on every submit: the socket may have outlived it.
+            membership = membership_get_exact(self.user, self.membership.tenant_id)
+            if membership is None or not User.objects.filter(pk=self.user.pk, is_active=True).exists():
+                raise AccessChanged
+            self.membership = membership
             # Re-read the conversation: it may have been deleted in another tab since connect.
             conversation = conversation_get_for_user(self.user, self.membership.tenant, self.conversation.pk)
             self.conversation = conversation

@@ -9,6 +9,7 @@ from django.db import transaction
 
 from audit.selectors import retention_days
 from audit.services import SYSTEM, Actor, RetentionError, audit_record, audit_retention_lengthen
+from chat.socket_access import sockets_close_for_user
 from tenants.models import Membership, Role, Tenant
 from tenants.rls import tenant_context
 
@@ -126,6 +127,7 @@ def membership_change_role(*, membership: Membership, role: str, actor: Actor) -
     audit_record(tenant_id=membership.tenant_id, actor=actor, action="membership.role_change",
                  target_type="membership", target_id=membership.pk,
                  payload={"user_id": membership.user_id, "from": previous, "to": role})
+    sockets_close_for_user(membership.user_id, "role changed")  # they reconnect with the new role
     return membership
 
 
@@ -142,6 +144,8 @@ def membership_set_active(*, membership: Membership, active: bool, actor: Actor)
     audit_record(tenant_id=membership.tenant_id, actor=actor,
                  action="membership.activate" if active else "membership.deactivate",
                  target_type="membership", target_id=membership.pk, payload={"user_id": membership.user_id})
+    if not active:
+        sockets_close_for_user(membership.user_id, "deactivated")
     return membership
 
 
