@@ -116,6 +116,13 @@ def _validate_text(text: str) -> str:
     text = text.strip()
     if not text:
         raise ChatInputError("Type a message first: an empty message is not sent.")
+    # JSON frames may carry what a PostgreSQL text column refuses: say so instead of failing later.
+    if "\x00" in text:
+        raise ChatInputError("A message may not contain a NUL character.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ChatInputError("A message may not contain an unpaired surrogate.") from None
     limit = settings.CHAT_MAX_MESSAGE_CHARS
     if len(text) > limit:
         raise ChatInputError(f"Message is too long: {len(text)} characters, the limit is {limit}.")

@@ -14,6 +14,8 @@ from functools import wraps
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
@@ -76,7 +78,12 @@ async def model_detail(request: HttpRequest, model_id: str) -> HttpResponseBase:
 @openai_endpoint("POST")
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     caller = await api_caller_aget(request)
-    completion = wire.completion_request_parse(request.body)
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise ApiError(413, f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
+                       type="invalid_request_error", code="request_too_large") from None
+    completion = wire.completion_request_parse(raw)
     reply = await sync_to_async(_submit)(caller, completion, request)
     answer = _Answer(caller, completion, reply)
     if completion.stream:

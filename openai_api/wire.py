@@ -94,12 +94,15 @@ def completion_request_parse(raw: bytes) -> CompletionRequest:
         body = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise invalid("The request body is not valid JSON.") from None
+    except RecursionError:  # nesting deeper than the parser's stack: refused, never a 500
+        raise invalid("The request body is nested too deeply.") from None
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(400, "You must provide a model parameter.", code="missing_required_parameter",
                        param="model")
+    _storable(model, "model")
     n = body.get("n", 1)
     if n not in (1, None):
         raise invalid("Only n=1 is supported.", "n")
@@ -135,19 +138,31 @@ def _messages(value: Any) -> list[dict[str, str]]:
     return messages
 
 
+def _storable(text: str, param: str) -> str:
+    """`text`, if PostgreSQL can store it: JSON may carry a NUL or an unpaired surrogate ("\\ud800"),
+    which a text column refuses; refused here with a reason instead of failing as a 500 later."""
+    if "\x00" in text:
+        raise invalid("Text may not contain a NUL character.", param)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid("Text may not contain an unpaired surrogate.", param) from None
+    return text
+
+
 def _text(content: Any, param: str) -> str:
     """A message's text: a string, or a list of text parts (other part types have no meaning here)."""
     if content is None:
         return ""
     if isinstance(content, str):
-        return content
+        return _storable(content, param)
     if isinstance(content, list):
         parts = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise invalid("Only text content parts are supported.", param)
             parts.append(part["text"])
-        return "".join(parts)
+        return _storable("".join(parts), param)
     raise invalid("A message's content must be a string or a list of text parts.", param)
 
 

@@ -200,3 +200,16 @@ async def test_it_never_replays_the_stream_of_an_older_message_with_the_same_id(
     frame = await communicator.receive_json_from(timeout=10)
     assert frame["text"] == "the new answer" and frame["seq"] == 1
     await communicator.disconnect()
+
+
+async def test_it_answers_text_postgresql_cannot_store_with_an_error_and_stays_usable(world, conversation) -> None:
+    """Issue 12: a NUL or a lone surrogate in a submit failed inside the database instead."""
+    communicator, connected, _ = await connect(world.alice, conversation.pk)
+    assert connected
+    for frame in ['{"type": "submit", "text": "a\\u0000b"}', '{"type": "submit", "text": "a\\ud800b"}']:
+        await communicator.send_to(text_data=frame)
+        reply = await communicator.receive_json_from(timeout=5)
+        assert reply["type"] == "error" and ("NUL" in reply["error"] or "surrogate" in reply["error"])
+    await communicator.send_json_to({"type": "submit", "text": "Hello again"})
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "submitted"
+    await communicator.disconnect()

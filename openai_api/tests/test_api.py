@@ -217,3 +217,27 @@ def test_it_stores_a_request_as_a_queued_turn_of_its_own_hidden_conversation(
     assert [m["role"] for m in reply.request["messages"]] == ["system", "user", "assistant", "user"]
     assert submitted.actor_id == world.alice.pk and key[:12] in submitted.actor_name
     assert submitted.source_ip == "10.0.0.1"
+
+
+# Hostile bodies (issue 12): each gave a 500 (Django's debug page under `./dsw run`), or an HTML 400.
+HOSTILE_BODIES = {
+    "deeply nested JSON": '{"model": "deepseek-web", "messages": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    "a NUL character": json.dumps({"model": "deepseek-web", "messages": [{"role": "user", "content": "a\u0000b"}]}),
+    "a lone surrogate": '{"model": "deepseek-web", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+    "a NUL in the model name": json.dumps({"model": "deep\u0000seek", "messages": [{"role": "user", "content": "hi"}]}),
+}
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys())
+def test_it_refuses_hostile_bodies_with_a_clean_400_and_stores_nothing(world, body) -> None:
+    key = make_key(world.tenant_a, world.alice)
+    before = all_messages()
+    assert_openai_error(post_completion(key, body), 400)
+    assert all_messages() == before
+
+
+def test_it_answers_an_oversized_body_in_openai_format(world, settings) -> None:
+    key = make_key(world.tenant_a, world.alice)
+    big = json.dumps({"model": "deepseek-web", "messages": [{"role": "user", "content": "x" * 10_000_000}]})
+    error = assert_openai_error(post_completion(key, big), 413, "request_too_large")
+    assert str(settings.DATA_UPLOAD_MAX_MEMORY_SIZE) in error["message"]
