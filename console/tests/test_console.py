@@ -126,3 +126,36 @@ def test_it_lets_an_owner_mark_the_tenant_sensitive_and_audits_only_that(world) 
         events = list(AuditEvent.objects.filter(action__startswith="tenant.").order_by("pk"))
     assert [(e.action, e.payload) for e in events if e.action != "tenant.create"] == [
         ("tenant.sensitivity_change", {"sensitive": True}), ("tenant.sensitivity_change", {"sensitive": False})]
+
+
+@pytest.mark.parametrize("username,complaint", [
+    ("<img src=x onerror=alert(1)>", "may contain only letters, numbers, and @/./+/-/_ characters"),
+    ('=HYPERLINK("https://evil.example","x")', "may contain only letters, numbers, and @/./+/-/_ characters"),
+    ("=1+2", "may contain only letters, numbers, and @/./+/-/_ characters"),
+    ("+33611223344", "cannot start with =, +, - or @"),
+    ("-gina", "cannot start with =, +, - or @"),
+    ("@gina", "cannot start with =, +, - or @"),
+    ("gina smith", "may contain only letters, numbers, and @/./+/-/_ characters"),
+])
+def test_it_refuses_user_names_that_are_markup_formulas_or_odd_characters(world, username, complaint) -> None:
+    from django.contrib.auth.models import User
+
+    from console.services import MembershipError, user_create
+
+    owner = logged_in(world.bob)
+    response = owner.post(reverse("console:user_create"),
+                          {"username": username, "password": "a-Strong-passphrase-9", "role": "employee"})
+    assert response.status_code == 400 and complaint in response.content.decode()
+    actor = actor_for(user_id=world.bob.pk, role="owner")
+    with tenant_context(world.tenant_a.pk), pytest.raises(MembershipError, match=r"user ?name"):
+        user_create(tenant=world.tenant_a, username=username, password="a-Strong-passphrase-9", role="employee",
+                    actor=actor)
+    assert not User.objects.filter(username=username.strip()).exists()
+
+
+def test_it_accepts_user_names_with_letters_of_any_script_and_the_usual_signs(world) -> None:
+    owner = logged_in(world.bob)
+    for username in ("zoë.müller", "李雷", "ops+chat@example.com", "gina_o-k.2"):
+        response = owner.post(reverse("console:user_create"),
+                              {"username": username, "password": "a-Strong-passphrase-9", "role": "employee"})
+        assert response.status_code == 302, username
