@@ -41,7 +41,7 @@ def _request_scheme(scope: Scope) -> str:
     """
     if scope.get("scheme") == "wss":
         return "https"
-    proxy_header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    proxy_header = settings.SECURE_PROXY_SSL_HEADER
     if proxy_header:
         name, secure_value = proxy_header
         header = name.removeprefix("HTTP_").lower().replace("_", "-").encode("latin1")
@@ -87,8 +87,11 @@ class SameOriginValidator(OriginValidator):
         origin = urlparse(raw_origin)
         if origin.hostname is None or origin.scheme not in {"http", "https"}:
             return False  # "null" (sandboxed frames, files) and anything that is no web origin
-        if any(self.match_allowed_origin(origin, pattern) for pattern in _trusted_patterns()):
-            return True
+        try:
+            if any(self.match_allowed_origin(origin, pattern) for pattern in _trusted_patterns()):
+                return True
+        except ValueError:  # "http://host:99999": urlparse's .port refuses it
+            return False
         host = _header(scope, b"host")
         if host is None:
             # No browser opens a WebSocket without a Host header (HTTP/1.1 requires one, and
@@ -98,7 +101,10 @@ class SameOriginValidator(OriginValidator):
             return _host_allowed(origin.netloc)
         if not _host_allowed(host):
             return False
-        return self._same_origin(origin, urlparse(f"{_request_scheme(scope)}://{host}"))
+        try:
+            return self._same_origin(origin, urlparse(f"{_request_scheme(scope)}://{host}"))
+        except ValueError:  # a port out of range in either: urlparse's .port refuses it
+            return False
 
     def _same_origin(self, origin: ParseResult, request: ParseResult) -> bool:
         # Exact host equality, not is_same_domain: the request's own origin is no pattern.

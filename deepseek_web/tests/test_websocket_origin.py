@@ -52,6 +52,7 @@ async def test_it_accepts_the_pages_own_origin(world, conversation) -> None:
     "https://localhost:8000",  # another scheme
     "http://127.0.0.1:8000",  # another host, even if allowed
     "null",  # a sandboxed frame or a file
+    "http://localhost:99999",  # no port at all
 ])
 async def test_it_refuses_another_origin_before_accept(world, conversation, origin) -> None:
     connected = await connect(world.alice, conversation.pk, host="localhost:8000", origin=origin)
