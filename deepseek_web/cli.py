@@ -1,8 +1,9 @@
 """`./dsw run` and `./dsw test`: the two commands of the README (after scripts/bootstrap.sh).
 
-run:  embedded services -> migrate -> demo tenant -> bundled model -> daphne, the `gpu` worker,
-      the `ingest` worker and beat; prints the URL and logins; Ctrl-C stops everything it started.
-test: embedded services -> pytest (pytest-django makes its own test database).
+run:  keys (generated on the first start) -> embedded services -> migrate -> demo tenant -> bundled
+      model -> daphne, the `gpu` worker, the `ingest` worker and beat; prints the URL and logins;
+      Ctrl-C stops everything it started.
+test: keys -> embedded services -> pytest (pytest-django makes its own test database).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from deepseek_web.celery import GPU_READY_KEY
 from deepseek_web.services.paths import data_dir
 from deepseek_web.services.postgres import ensure_database, ensure_postgres, ensure_roles, stop_postgres
 from deepseek_web.services.redis_server import ensure_redis, stop_redis
+from deepseek_web.services.secrets_files import ensure_secret_files
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tests use their own Redis database, so a `run` on the same data dir never consumes test tasks.
@@ -46,6 +48,15 @@ def start_services() -> list[str]:
         if info.started:
             started.append("redis")
     return started
+
+
+def ensure_keys() -> None:
+    """The keys settings read when the environment sets none; generated on the first start only.
+
+    Before anything imports settings: with DEBUG off they refuse to start without strong keys.
+    """
+    for path in ensure_secret_files(data_dir()):
+        log(f"generated {path}: keep it, apart from the database's backups")
 
 
 def stop_services(started: list[str]) -> None:
@@ -120,6 +131,7 @@ def wait_ready(url: str, timeout: float) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
+    ensure_keys()
     started = start_services()
     children: list[subprocess.Popen[bytes]] = []
     try:
@@ -204,6 +216,9 @@ def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
 
 
 def test(args: argparse.Namespace) -> int:
+    # Tests use the data dir's keys, like `run` (the production-settings tests need a separate
+    # audit key, and a fresh clone has none yet).
+    ensure_keys()
     started = start_services()
     try:
         env = dict(os.environ)

@@ -12,6 +12,13 @@ import os
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
+from django.core.checks.security.base import (
+    SECRET_KEY_INSECURE_PREFIX,
+    SECRET_KEY_MIN_LENGTH,
+    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+)
+from django.core.exceptions import ImproperlyConfigured
+
 from deepseek_web.services.paths import (
     PG_APP_ROLE,
     PG_OWNER_ROLE,
@@ -20,6 +27,7 @@ from deepseek_web.services.paths import (
     embedded_database_settings,
     embedded_redis_url,
 )
+from deepseek_web.services.secrets_files import audit_hmac_key_path, read_secret, secret_key_path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -75,10 +83,49 @@ def database_from_url(url: str) -> dict[str, object]:
 
 DATA_DIR = data_dir()
 DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-change-me-in-production")
+# The only key that works without configuration, for development; production refuses it below.
+DEV_SECRET_KEY = "dev-only-insecure-key-change-me-in-production"
+KEY_FILES = {"SECRET_KEY": secret_key_path(DATA_DIR), "AUDIT_HMAC_KEY": audit_hmac_key_path(DATA_DIR)}
+
+
+def key_problem(name: str, key: str, *, separate_from: str = "") -> str:
+    """Why ``key`` may not serve in production; empty when it may.
+
+    Django's own rule for SECRET_KEY (``check --deploy``: at least 50 characters, 5 distinct ones,
+    not a `startproject` placeholder), applied to every key; and a key that must be separate may
+    neither equal nor contain the other one.
+    """
+    remedy = (f"set {name} to a random value of at least {SECRET_KEY_MIN_LENGTH} characters "
+              "(python -c 'import secrets; print(secrets.token_urlsafe(64))'), or leave it unset and let "
+              f"`./dsw run` generate {KEY_FILES[name]}")
+    if not key:
+        return f"{name} is not set: {remedy}."
+    if key == DEV_SECRET_KEY:
+        return f"{name} is the public development default: {remedy}."
+    if (len(key) < SECRET_KEY_MIN_LENGTH or len(set(key)) < SECRET_KEY_MIN_UNIQUE_CHARACTERS
+            or key.startswith(SECRET_KEY_INSECURE_PREFIX)):
+        return (f"{name} is too weak (fewer than {SECRET_KEY_MIN_LENGTH} characters or "
+                f"{SECRET_KEY_MIN_UNIQUE_CHARACTERS} distinct ones, or Django's insecure placeholder): {remedy}.")
+    if separate_from and (separate_from in key or key in separate_from):
+        return f"{name} must be a separate key, not SECRET_KEY nor made from it: {remedy}."
+    return ""
+
+
+# The environment first, then the files `./dsw run` generates in the data dir on its first start.
+SECRET_KEY = os.environ.get("SECRET_KEY") or read_secret(KEY_FILES["SECRET_KEY"]) or DEV_SECRET_KEY
 # Keys the audit hash chain. Keep it outside the database (and its backups): whoever holds it
 # could rewrite history consistently. Changing it makes every existing chain fail verification.
-AUDIT_HMAC_KEY = env_str("AUDIT_HMAC_KEY", "audit:" + SECRET_KEY)
+# A separate key: SECRET_KEY signs cookies and so is used everywhere, this one only for the chain.
+AUDIT_HMAC_KEY = (os.environ.get("AUDIT_HMAC_KEY") or read_secret(KEY_FILES["AUDIT_HMAC_KEY"])
+                  or ("audit:" + SECRET_KEY if DEBUG else ""))
+if not DEBUG:
+    # Refuse to start rather than warn in `check --deploy`: with a public key anyone can forge
+    # sessions and rewrite the audit trail with a chain that still verifies.
+    for _problem in (key_problem("SECRET_KEY", SECRET_KEY),
+                     key_problem("AUDIT_HMAC_KEY", AUDIT_HMAC_KEY, separate_from=SECRET_KEY)):
+        if _problem:
+            raise ImproperlyConfigured(_problem)
+
 AUDIT_DEFAULT_RETENTION_DAYS = env_int("AUDIT_DEFAULT_RETENTION_DAYS", 180)
 # The shortest retention the platform may set for a chain (owners can only lengthen theirs).
 AUDIT_MIN_RETENTION_DAYS = env_int("AUDIT_MIN_RETENTION_DAYS", 180)

@@ -1,8 +1,8 @@
 """Where the embedded services live and how to reach them: pure paths, URLs and DATABASES fields.
 
 Pure means no process is started and nothing is created, so ``settings.py`` can compute connection
-URLs before anything runs. That is why this is the only module of the package that settings
-imports, and why it must import neither Django nor any process, PostgreSQL or Redis code.
+URLs before anything runs. That is why settings imports it (with ``secrets_files``, which reads
+the generated keys), and why it must import neither Django nor any process, PostgreSQL or Redis code.
 
 Layout under the data dir (``DSW_DATA_DIR``, default ``<project root>/var``)::
 
