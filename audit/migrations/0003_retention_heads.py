@@ -24,6 +24,38 @@ HEAD = "audit_audithead"
 RETENTION = "audit_auditretention"
 
 
+def prune_function_sql(retention_sql: str) -> str:
+    """`audit_prune`, reading a chain's retention in days with `retention_sql` (forward: the
+    platform's table; reverse: the tenant column it had before)."""
+    default = int(settings.AUDIT_DEFAULT_RETENTION_DAYS)
+    return f"""CREATE OR REPLACE FUNCTION audit_prune(p_chain bigint, p_upto bigint, p_hash text, p_mac text)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+DECLARE
+  cutoff timestamptz;
+  removed bigint;
+BEGIN
+  -- The retention comes from the database, not from the caller.
+  SELECT clock_timestamp() - make_interval(days => COALESCE(({retention_sql}), {default}))
+    INTO cutoff;
+  IF NOT EXISTS (SELECT 1 FROM {EVENT} WHERE COALESCE(tenant_id, 0) = p_chain AND seq = p_upto
+                 AND hash = p_hash AND occurred_at < cutoff) THEN
+    RAISE EXCEPTION 'audit_prune: event % of chain % is not an expired event with that hash', p_upto, p_chain;
+  END IF;
+  IF EXISTS (SELECT 1 FROM {EVENT} WHERE COALESCE(tenant_id, 0) = p_chain AND seq <= p_upto
+             AND occurred_at >= cutoff) THEN
+    RAISE EXCEPTION 'audit_prune: the prefix up to % holds events inside the retention period', p_upto;
+  END IF;
+  PERFORM set_config('audit.pruning', 'on', true);
+  DELETE FROM {EVENT} WHERE COALESCE(tenant_id, 0) = p_chain AND seq <= p_upto;
+  GET DIAGNOSTICS removed = ROW_COUNT;
+  PERFORM set_config('audit.pruning', 'off', true);
+  INSERT INTO {CHECKPOINT} (chain, seq, hash, pruned, created_at, mac)
+    VALUES (p_chain, p_upto, p_hash, removed, now(), p_mac);
+  RETURN removed;
+END $fn$;
+"""
+
+
 def forward_sql() -> str:
     role = settings.DB_APP_ROLE
     default = int(settings.AUDIT_DEFAULT_RETENTION_DAYS)
@@ -51,32 +83,7 @@ END $fn$;
 REVOKE ALL ON FUNCTION audit_retention_lengthen(bigint, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_retention_lengthen(bigint, integer) TO {role};
 
-CREATE OR REPLACE FUNCTION audit_prune(p_chain bigint, p_upto bigint, p_hash text, p_mac text)
-RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
-DECLARE
-  cutoff timestamptz;
-  removed bigint;
-BEGIN
-  -- The retention comes from the table only the platform writes, not from the caller.
-  SELECT clock_timestamp() - make_interval(days => COALESCE(
-           (SELECT days FROM {RETENTION} WHERE chain = p_chain), {default}))
-    INTO cutoff;
-  IF NOT EXISTS (SELECT 1 FROM {EVENT} WHERE COALESCE(tenant_id, 0) = p_chain AND seq = p_upto
-                 AND hash = p_hash AND occurred_at < cutoff) THEN
-    RAISE EXCEPTION 'audit_prune: event % of chain % is not an expired event with that hash', p_upto, p_chain;
-  END IF;
-  IF EXISTS (SELECT 1 FROM {EVENT} WHERE COALESCE(tenant_id, 0) = p_chain AND seq <= p_upto
-             AND occurred_at >= cutoff) THEN
-    RAISE EXCEPTION 'audit_prune: the prefix up to % holds events inside the retention period', p_upto;
-  END IF;
-  PERFORM set_config('audit.pruning', 'on', true);
-  DELETE FROM {EVENT} WHERE COALESCE(tenant_id, 0) = p_chain AND seq <= p_upto;
-  GET DIAGNOSTICS removed = ROW_COUNT;
-  PERFORM set_config('audit.pruning', 'off', true);
-  INSERT INTO {CHECKPOINT} (chain, seq, hash, pruned, created_at, mac)
-    VALUES (p_chain, p_upto, p_hash, removed, now(), p_mac);
-  RETURN removed;
-END $fn$;
+{prune_function_sql(f"SELECT days FROM {RETENTION} WHERE chain = p_chain")}
 -- Only the owner role (the function's owner) may prune now: the application role could call it
 -- with a MAC of its choosing.
 REVOKE ALL ON FUNCTION audit_prune(bigint, bigint, text, text) FROM PUBLIC, {role};
@@ -100,37 +107,12 @@ CREATE TRIGGER audit_head_forward_only BEFORE UPDATE OR DELETE ON {HEAD}
 
 def reverse_sql() -> str:
     role = settings.DB_APP_ROLE
-    default = int(settings.AUDIT_DEFAULT_RETENTION_DAYS)
     return f"""
 DROP TRIGGER IF EXISTS audit_head_forward_only ON {HEAD};
 DROP FUNCTION IF EXISTS audit_head_forward_only();
 DROP FUNCTION IF EXISTS audit_retention_lengthen(bigint, integer);
 UPDATE tenants_tenant t SET audit_retention_days = r.days FROM {RETENTION} r WHERE r.chain = t.id;
-CREATE OR REPLACE FUNCTION audit_prune(p_chain bigint, p_upto bigint, p_hash text, p_mac text)
-RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
-DECLARE
-  cutoff timestamptz;
-  removed bigint;
-BEGIN
-  SELECT clock_timestamp() - make_interval(days => COALESCE(
-           (SELECT audit_retention_days FROM tenants_tenant WHERE id = p_chain), {default}))
-    INTO cutoff;
-  IF NOT EXISTS (SELECT 1 FROM {EVENT} WHERE COALESCE(tenant_id, 0) = p_chain AND seq = p_upto
-                 AND hash = p_hash AND occurred_at < cutoff) THEN
-    RAISE EXCEPTION 'audit_prune: event % of chain % is not an expired event with that hash', p_upto, p_chain;
-  END IF;
-  IF EXISTS (SELECT 1 FROM {EVENT} WHERE COALESCE(tenant_id, 0) = p_chain AND seq <= p_upto
-             AND occurred_at >= cutoff) THEN
-    RAISE EXCEPTION 'audit_prune: the prefix up to % holds events inside the retention period', p_upto;
-  END IF;
-  PERFORM set_config('audit.pruning', 'on', true);
-  DELETE FROM {EVENT} WHERE COALESCE(tenant_id, 0) = p_chain AND seq <= p_upto;
-  GET DIAGNOSTICS removed = ROW_COUNT;
-  PERFORM set_config('audit.pruning', 'off', true);
-  INSERT INTO {CHECKPOINT} (chain, seq, hash, pruned, created_at, mac)
-    VALUES (p_chain, p_upto, p_hash, removed, now(), p_mac);
-  RETURN removed;
-END $fn$;
+{prune_function_sql("SELECT audit_retention_days FROM tenants_tenant WHERE id = p_chain")}
 GRANT EXECUTE ON FUNCTION audit_prune(bigint, bigint, text, text) TO {role};
 """
 
