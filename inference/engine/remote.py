@@ -238,9 +238,7 @@ class RemoteServerHandle(DeltaQueue):
         self.params = params
         self.text = ""
         self.token_count = 0
-        self.finish_reason: FinishReason | None = None
         self.upstream_finish_reason: str | None = None  # as the server said it: stop, length, content_filter...
-        self.error: str | None = None
         self.ttft_s: float | None = None
         self.usage: dict[str, int] = {}
         self.attempts = 0
@@ -250,7 +248,6 @@ class RemoteServerHandle(DeltaQueue):
         self._last_chunk_at = self._submitted_at
         self._started = threading.Event()  # first text, or the end
         self._cancel = threading.Event()
-        self._lock = threading.Lock()
         self._response: httpx.Response | None = None
         self._thread = threading.Thread(target=self._run, name=f"backend-{server.name}", daemon=True)
         self._thread.start()
@@ -481,16 +478,12 @@ class RemoteServerHandle(DeltaQueue):
             except Exception:  # closing from another thread is best effort
                 logger.debug("closing %s's stream failed", self.server.name, exc_info=True)
 
+    def _tokens_so_far(self) -> int:
+        return self.token_count
+
     def _finish(self, reason: FinishReason, error: str | None = None) -> None:
-        with self._lock:
-            if self._done.is_set():
-                return
-            self.finish_reason = reason
-            self.error = error
-            # Queue before marking done: a consumer that sees "done" must find the final Delta.
-            self._deltas.put(Delta("", self.token_count, True, reason, error))
-            self._done.set()
-            self._started.set()
+        super()._finish(reason, error)
+        self._started.set()  # whoever waits for the first text learns that there will be none
 
 
 def _describe_http_error(exc: httpx.HTTPError) -> str:

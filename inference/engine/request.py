@@ -59,8 +59,26 @@ class DeltaQueue:
     poll_s = _POLL_S
 
     def __init__(self) -> None:
+        self.finish_reason: FinishReason | None = None
+        self.error: str | None = None
         self._deltas: queue.Queue[Delta] = queue.Queue()
         self._done = threading.Event()
+        self._lock = threading.Lock()  # the producer's and cancel()'s: guards the end and what leads to it
+
+    def _tokens_so_far(self) -> int:
+        """How many tokens the request has produced (the final Delta carries the count)."""
+        raise NotImplementedError
+
+    def _finish(self, reason: FinishReason, error: str | None = None) -> None:
+        """End the request without new text (cancel, error, shutdown); a second end is ignored."""
+        with self._lock:
+            if self._done.is_set():
+                return
+            self.finish_reason = reason
+            self.error = error
+            # Queue before marking done: a consumer that sees "done" must find the final Delta.
+            self._deltas.put(Delta("", self._tokens_so_far(), True, reason, error))
+            self._done.set()
 
     def next_delta(self, timeout: float) -> Delta | None:
         """The next Delta, or None when none came within `timeout`: the request may still wait
@@ -102,8 +120,6 @@ class RequestHandle(DeltaQueue):
         self.params = params
         self.text = ""  # text emitted so far; the full answer once finished
         self.token_ids: list[int] = []
-        self.finish_reason: FinishReason | None = None
-        self.error: str | None = None
         self.ttft_s: float | None = None
         self.tokens_after_cancel = 0  # decode outputs that arrived after cancel(): at most 1 expected
         self._engine = engine
@@ -111,7 +127,6 @@ class RequestHandle(DeltaQueue):
         self._submitted_at = time.perf_counter()
         self._cancel_requested = False
         self._cancelled_at: float | None = None
-        self._lock = threading.Lock()
         # Incremental detokenization state (see _text_of).
         self._decoded = ""
         self._prefix_offset = 0
@@ -217,15 +232,8 @@ class RequestHandle(DeltaQueue):
         if finish_reason is not None:
             self._done.set()
 
-    def _finish(self, reason: FinishReason, error: str | None = None) -> None:
-        """End the request without new text (cancel, error, shutdown)."""
-        with self._lock:
-            if self._done.is_set():
-                return
-            self.finish_reason = reason
-            self.error = error
-            self._deltas.put(Delta("", len(self.token_ids), True, reason, error))
-            self._done.set()
+    def _tokens_so_far(self) -> int:
+        return len(self.token_ids)
 
 
 def _find_stop(text: str, stops: tuple[str, ...], emitted: int) -> int | None:
