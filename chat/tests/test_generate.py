@@ -16,6 +16,11 @@ from tenants.rls import tenant_context
 
 @pytest.fixture
 def reply(world, django_capture_on_commit_callbacks) -> Message:
+    return pending_reply(world, django_capture_on_commit_callbacks)
+
+
+def pending_reply(world, django_capture_on_commit_callbacks) -> Message:
+    """Alice's question, stored with its pending reply; the task it queues is not run."""
     with tenant_context(world.tenant_a.pk):
         conversation = Conversation.objects.create(tenant=world.tenant_a, user=world.alice)
         with django_capture_on_commit_callbacks(execute=False):  # the test runs the turn itself

@@ -16,9 +16,9 @@ from datetime import datetime
 import pytest
 from django.db import connection
 
-from audit.services import actor_for
-from chat import services, streams, turns
-from chat.models import Conversation, Message
+from chat import streams, turns
+from chat.models import Message
+from chat.tests.test_generate import pending_reply
 from tenants.rls import tenant_context
 
 # How long a test waits for something that should happen at once. Not a measurement: only a bound,
@@ -28,14 +28,7 @@ PATIENCE_S = 60.0
 
 @pytest.fixture
 def reply(transactional_db: None, world, django_capture_on_commit_callbacks) -> Message:
-    with tenant_context(world.tenant_a.pk):
-        conversation = Conversation.objects.create(tenant=world.tenant_a, user=world.alice)
-        with django_capture_on_commit_callbacks(execute=False):  # the test runs the turn itself
-            _, reply = services.message_submit(
-                conversation=conversation, text="Tell me about our travel policy.",
-                actor=actor_for(user_id=world.alice.pk, role="employee"),
-            )
-    return reply
+    return pending_reply(world, django_capture_on_commit_callbacks)
 
 
 def stored(message: Message) -> Message:
