@@ -63,6 +63,12 @@ class Message(TenantOwned):
     # sampling: {"messages": [{"role", "content"}...], "sampling": {"max_new_tokens", ...}}.
     # Empty for the chat page, whose prompt is the conversation's stored history.
     request = models.JSONField(default=dict, blank=True)
+    # The id the browser gave its submit: a submit re-sent after a lost confirmation finds its
+    # turn instead of asking twice (unique per conversation among user messages that carry one).
+    client_id = models.CharField(max_length=64, blank=True)
+    # The Celery worker (its hostname) that owns the turn while it streams: the sweep fails or
+    # redelivers a turn whose owner stopped heartbeating, and leaves a live owner's turn alone.
+    worker = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -70,6 +76,10 @@ class Message(TenantOwned):
         indexes = [
             models.Index(fields=["conversation", "created_at"]),
             models.Index(fields=["status", "updated_at"]),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "client_id"], condition=~models.Q(client_id=""),
+                                    name="message_unique_client_id"),
         ]
 
     def __str__(self) -> str:
