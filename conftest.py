@@ -50,6 +50,29 @@ def _clean_test_redis() -> Iterator[None]:
     client.flushdb()
 
 
+# Redis state that must not leak from one test to the next: fair dispatch's queues, open-socket
+# counts, API rate-limit buckets.
+PER_TEST_REDIS_PREFIXES = ("dsw:dispatch:", "dsw:sockets:", "dsw:ratelimit:")
+
+
+@pytest.fixture(autouse=True)
+def _clean_per_test_redis(request: pytest.FixtureRequest) -> Iterator[None]:
+    if not request.config.pluginmanager.hasplugin("django"):
+        yield
+        return
+    from deepseek_web.redis_client import sync_client
+
+    def clear() -> None:
+        client = sync_client()
+        keys = [key for prefix in PER_TEST_REDIS_PREFIXES for key in client.scan_iter(f"{prefix}*", count=1000)]
+        if keys:
+            client.delete(*keys)
+
+    clear()
+    yield
+    clear()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _knowledge_storage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Uploaded files and audit anchors go to temporary folders, for this process and the daphne it starts."""

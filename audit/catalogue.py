@@ -29,6 +29,8 @@ CATALOGUE: dict[str, AuditedAction] = {
         AuditedAction("tenant.settings_update", "configuration", "A tenant's settings or quotas changed."),
         AuditedAction("tenant.sensitivity_change", "configuration",
                       "A tenant was marked sensitive (answered only by the local model) or unmarked."),
+        AuditedAction("tenant.scheduling_set", "configuration",
+                      "The platform changed a tenant's share of the GPU (its scheduling weight)."),
         AuditedAction("tenant.switch", "iam", "A user switched their active tenant."),
         AuditedAction("admin.add", "configuration", "An object was added in Django admin."),
         AuditedAction("admin.change", "configuration", "An object was changed in Django admin."),

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.services import Actor, audit_record
-from chat import quotas, streams
+from chat import dispatch, quotas, streams
 from chat.models import DEFAULT_TITLE, Conversation, ConversationKnowledgeBase, Message
 from knowledge.selectors import knowledge_base_ids_allowed
 from tenants.models import Membership, Tenant
@@ -40,6 +40,37 @@ def _check_quotas(conversation: Conversation) -> None:
         raise QuotaExceeded(
             f"Your organisation has used its {month.limit:,} generated tokens for this month. "
             "Ask your tenant owner to raise the quota."
+        )
+
+
+class TooManyTurns(QuotaExceeded):
+    """Too many turns wait or run at once for this user or tenant (chat.dispatch's caps)."""
+
+
+def _in_flight(**where: int) -> int:
+    return Message.objects.filter(
+        role=Message.Role.ASSISTANT, status__in=[Message.Status.PENDING, Message.Status.STREAMING], **where
+    ).count()
+
+
+def _check_in_flight(conversation: Conversation) -> None:
+    """Caps what one user, or one tenant, may have waiting or running, so nobody can queue without end.
+
+    A transaction-level advisory lock per user serialises that user's submits, so two sockets
+    submitting at once cannot both pass the count.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [0x6473_7701, conversation.user_id])
+    user_cap, tenant_cap = settings.CHAT_MAX_IN_FLIGHT_PER_USER, settings.CHAT_MAX_IN_FLIGHT_PER_TENANT
+    if user_cap and _in_flight(conversation__user_id=conversation.user_id) >= user_cap:
+        raise TooManyTurns(
+            f"You already have {user_cap} questions waiting or being answered. "
+            "Wait for one to finish (or stop one), then send this again."
+        )
+    if tenant_cap and _in_flight(tenant_id=conversation.tenant_id) >= tenant_cap:
+        raise TooManyTurns(
+            f"Your organisation already has {tenant_cap} questions waiting or being answered. "
+            "Please try again in a minute."
         )
 
 
@@ -134,6 +165,7 @@ def message_submit(*, conversation: Conversation, text: str, actor: Actor) -> tu
     """Stores the user's message and a pending reply, audits, and queues the turn after commit."""
     text = _validate_text(text)
     _check_quotas(conversation)
+    _check_in_flight(conversation)
     user_message = Message.objects.create(
         tenant_id=conversation.tenant_id, conversation=conversation,
         role=Message.Role.USER, content=text, status=Message.Status.DONE,
@@ -157,11 +189,27 @@ def message_submit(*, conversation: Conversation, text: str, actor: Actor) -> tu
 
 
 def enqueue_generation(reply: Message) -> None:
-    """Queues the turn on the `gpu` worker once the surrounding transaction commits."""
-    from chat.tasks import generate_reply  # the task module imports chat.turns, which imports this one
+    """Queues the turn once the surrounding transaction commits.
+
+    Fair (the default): into its user's queue in `chat.dispatch`, plus a ticket on the `gpu`
+    queue that runs the fairest waiting turn. "fifo" (CHAT_DISPATCH, for the bench's comparison
+    only): straight onto the `gpu` queue, first come first served.
+    """
+    # The task module imports chat.turns, which imports this one.
+    from chat.tasks import generate_reply, run_next_turn
 
     tenant_id, message_id = reply.tenant_id, reply.pk
-    transaction.on_commit(lambda: generate_reply.delay(tenant_id=tenant_id, message_id=message_id))
+    if settings.CHAT_DISPATCH == "fifo":
+        transaction.on_commit(lambda: generate_reply.delay(tenant_id=tenant_id, message_id=message_id))
+        return
+    user_id = Conversation.objects.filter(pk=reply.conversation_id).values_list("user_id", flat=True).get()
+    weight = Tenant.objects.filter(pk=tenant_id).values_list("schedule_weight", flat=True).get()
+
+    def queue() -> None:
+        if dispatch.enqueue(tenant_id=tenant_id, user_id=user_id, message_id=message_id, weight=weight):
+            run_next_turn.delay()
+
+    transaction.on_commit(queue)
 
 
 @transaction.atomic
@@ -174,6 +222,7 @@ def message_cancel(*, message: Message, actor: Actor) -> Message:
         target_type="message", target_id=message.pk,
     )
     streams.cancel_request(message)
+    transaction.on_commit(lambda: dispatch.discard(message.pk))
     # Only a turn no worker has picked up yet is ended here; the conditional update cannot race
     # with the worker's own PENDING -> STREAMING transition.
     if Message.objects.filter(pk=message.pk, status=Message.Status.PENDING).update(

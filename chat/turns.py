@@ -21,7 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.services import SYSTEM, actor_for, audit_record
-from chat import streams
+from chat import dispatch, streams
 from chat.models import Conversation, ConversationKnowledgeBase, Message
 from chat.prompts import build_chat_messages, cut_text
 from chat.services import enqueue_generation
@@ -341,6 +341,9 @@ def _sweep_tenant(tenant_id: int) -> int:
     with tenant_context(tenant_id):
         stale = list(Message.objects.filter(status=Message.Status.STREAMING, updated_at__lt=cutoff))
         waiting = list(Message.objects.filter(status=Message.Status.PENDING, updated_at__lt=cutoff))
+    # A turn still waiting in fair dispatch is not lost: it waits its turn behind others.
+    in_dispatch = dispatch.queued_message_ids() if waiting else set()
+    waiting = [message for message in waiting if message.pk not in in_dispatch]
     for message in waiting:
         with tenant_context(tenant_id):
             _requeue_or_fail(message)

@@ -25,6 +25,23 @@ DEMO_USERS = (
 OWNER_ADMIN_PERMISSIONS = ("view_membership", "change_membership", "add_membership")
 
 
+MAX_SCHEDULE_WEIGHT = 100
+
+
+@transaction.atomic
+def tenant_scheduling_set(*, tenant: Tenant, weight: int, actor: Actor) -> Tenant:
+    """The platform sets a tenant's share of the GPU (chat.dispatch); owners have no say in it."""
+    if not 1 <= weight <= MAX_SCHEDULE_WEIGHT:
+        raise ValueError(f"A scheduling weight is between 1 and {MAX_SCHEDULE_WEIGHT}; got {weight}.")
+    previous = tenant.schedule_weight
+    tenant.schedule_weight = weight
+    tenant.save(update_fields=["schedule_weight"])
+    with tenant_context(tenant.pk):
+        audit_record(tenant_id=tenant.pk, actor=actor, action="tenant.scheduling_set", target_type="tenant",
+                     target_id=tenant.pk, payload={"weight": weight, "previous": previous})
+    return tenant
+
+
 @transaction.atomic
 def tenant_create(*, name: str, slug: str, actor: Actor) -> Tenant:
     tenant = Tenant.objects.create(name=name, slug=slug)

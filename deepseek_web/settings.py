@@ -403,6 +403,23 @@ CHAT_HISTORY_MESSAGES = env_int("CHAT_HISTORY_MESSAGES", 12)
 CHAT_STREAM_TTL_S = env_int("CHAT_STREAM_TTL_S", 3600)
 # A turn with no progress for this long is considered orphaned by a dead worker.
 CHAT_STALE_TURN_S = env_int("CHAT_STALE_TURN_S", 300)
+# Fair sharing (chat.dispatch): "fair" queues turns per tenant and user; "fifo" sends each turn
+# straight to the gpu queue (the old behaviour, kept for bench/fairness.py's comparison).
+CHAT_DISPATCH = env_str("CHAT_DISPATCH", "fair")
+# Turns of one tenant that run at once; keep it below the engine's slots so others always get one.
+CHAT_MAX_RUNNING_PER_TENANT = env_int("CHAT_MAX_RUNNING_PER_TENANT", 6)
+# Turns waiting or running at once; a submit beyond them is refused with a clear message. 0: no cap.
+CHAT_MAX_IN_FLIGHT_PER_USER = env_int("CHAT_MAX_IN_FLIGHT_PER_USER", 10)
+CHAT_MAX_IN_FLIGHT_PER_TENANT = env_int("CHAT_MAX_IN_FLIGHT_PER_TENANT", 200)
+# Open chat WebSockets; one more is closed with code 4429. 0: no cap.
+CHAT_MAX_STREAMS_PER_USER = env_int("CHAT_MAX_STREAMS_PER_USER", 20)
+CHAT_MAX_STREAMS_PER_TENANT = env_int("CHAT_MAX_STREAMS_PER_TENANT", 1000)
+# /v1 token buckets (openai_api.ratelimit): requests per minute and burst per API key, and for
+# requests with a wrong key, per client address. 0 per minute: no limit.
+API_RATE_PER_MINUTE = env_int("API_RATE_PER_MINUTE", 120)
+API_RATE_BURST = env_int("API_RATE_BURST", 30)
+API_BAD_KEY_RATE_PER_MINUTE = env_int("API_BAD_KEY_RATE_PER_MINUTE", 20)
+API_BAD_KEY_RATE_BURST = env_int("API_BAD_KEY_RATE_BURST", 10)
 CHAT_SYSTEM_PROMPT = env_str(
     "CHAT_SYSTEM_PROMPT",
     "You are DeepSeek Web, a helpful assistant for employees of this company. Answer concisely.",

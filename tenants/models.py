@@ -21,6 +21,10 @@ class Tenant(models.Model):
     # A sensitive tenant's turns are answered only by the local model, never by a remote backend
     # (INFERENCE_BACKENDS): its prompts and passages must not leave the installation.
     sensitive = models.BooleanField(default=False)
+    # Its share of the GPU against other tenants while turns wait (chat.dispatch): a tenant of
+    # weight 2 gets twice the turns of one of weight 1. Set by the platform only
+    # (`manage.py tenant_scheduling`), never by the tenant's owner.
+    schedule_weight = models.PositiveSmallIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -283,6 +283,8 @@ SCENARIOS: dict[str, Callable[..., object]] = {
         "audit_retention_days": 180, "quota_messages_per_user_day": 200, "quota_tokens_per_month": 2_000_000,
         "sensitive": "on"}),
     "tenant.switch": _switch,
+    "tenant.scheduling_set": lambda w: tenant_services.tenant_scheduling_set(
+        tenant=w.tenant_a, weight=3, actor=SYSTEM),
     "knowledge_base.create": lambda w: logged_in(w.erin).post(reverse("knowledge:knowledge_base_create"), {
         "name": "Handbook", "access_roles": ["employee"], "chunk_max_tokens": 256, "chunk_overlap_tokens": 32}),
     "knowledge_base.update": lambda w: logged_in(w.erin).post(reverse("knowledge:knowledge_base_update", args=[_kb(w).pk]), {
