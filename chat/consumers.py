@@ -6,12 +6,14 @@ Client -> server frames (JSON):
   {"type": "stop", "message_id": 12}
 Server -> client frames:
   {"type": "submitted", "user_html": ..., "reply_html": ..., "message_id": 12, "title": ...}
+  {"type": "queued", "message_id": 12, "ahead": 3}      # waiting in fair dispatch: 3 turns start first
   {"type": "chunk", "message_id": 12, "seq": 8, "text": "..."}
   {"type": "reset", "message_id": 12, "seq": 9}
   {"type": "end", "message_id": 12, "seq": 10, "status": "done", "html": ...}
   {"type": "error", "error": "..."}
 Close codes before accept: 4401 not logged in, 4404 unknown or foreign conversation. After accept:
-4403 the user's access changed (logout, deactivation, role change; see chat/socket_access.py).
+4403 the user's access changed (logout, deactivation, role change; see chat/socket_access.py);
+4429 the user or tenant has too many chat sockets open (chat/socket_limits.py), with a reason.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import logging
 from typing import Any, cast
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth.models import User
@@ -28,7 +31,7 @@ from django.http import Http404
 from django.template.loader import render_to_string
 
 from audit.services import actor_from_scope
-from chat import services, streams
+from chat import dispatch, services, socket_limits, streams
 from chat.models import Conversation, Message
 from chat.selectors import conversation_get_for_user, message_find, message_get_in_conversation
 from chat.socket_access import CLOSE_ACCESS_CHANGED, user_group
@@ -42,6 +45,8 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 MAX_FRAME_CHARS = 64 * 1024
+# How often a waiting turn's queue position is looked up and, when it changed, sent.
+QUEUE_POSITION_INTERVAL_S = 1.0
 
 
 class AccessChanged(Exception):
@@ -67,6 +72,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.membership, self.conversation = found
         self.redis = streams.reader_client()
         self.relays: dict[int, asyncio.Task[None]] = {}
+        refused = await socket_limits.acquire(self.redis, **self._slot())
+        if refused is not None:
+            # Accepted first, so the page can read the close code and show the reason.
+            await self.accept()
+            await self._error(refused)
+            await self.close(code=socket_limits.CLOSE_TOO_MANY, reason=refused)
+            return
+        self.slot_renewal = asyncio.create_task(self._renew_slot())
         # Logout, deactivation or a role change closes this socket (chat.socket_access).
         await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
         await self.accept()
@@ -87,6 +100,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return None
         return membership, conversation
 
+    def _slot(self) -> dict[str, Any]:
+        return {"tenant_id": self.membership.tenant_id, "user_id": self.user.pk, "socket_id": self.channel_name}
+
+    async def _renew_slot(self) -> None:
+        while True:
+            await asyncio.sleep(socket_limits.RENEW_S)
+            try:
+                await socket_limits.renew(self.redis, **self._slot())
+            except Exception:  # noqa: BLE001 - a Redis hiccup must not close the socket; the next renewal retries
+                logger.warning("could not renew the socket slot of %s", self.channel_name, exc_info=True)
+
     def _tenant(self) -> Any:
         """Every database call of this consumer runs in its own transaction, in this tenant."""
         return tenant_context(self.membership.tenant_id, self.user.pk)
@@ -104,6 +128,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             task.cancel()
         # Wait for the relays to unwind so their blocking XREADs release the connection.
         await asyncio.gather(*relays, return_exceptions=True)
+        renewal = getattr(self, "slot_renewal", None)
+        if renewal is not None:
+            renewal.cancel()
+            await asyncio.gather(renewal, return_exceptions=True)
+            try:
+                await socket_limits.release(self.redis, **self._slot())
+            except Exception:  # noqa: BLE001 - the slot then expires by itself (SLOT_TTL_S)
+                logger.warning("could not release the socket slot of %s", self.channel_name, exc_info=True)
         if hasattr(self, "redis"):
             await self.redis.aclose()
 
@@ -221,9 +253,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _relay(self, message: Message, last_seq: int) -> None:
         """Sends every entry after `last_seq`, in order, until the turn's end entry."""
         message_id = message.pk
+        # While the turn waits in fair dispatch, the page is told how many turns start before it.
+        position = asyncio.create_task(self._announce_position(message_id)) if not message.is_final else None
         try:
             async for entry in streams.follow(self.redis, message, last_seq,
                                               is_final=lambda: self._is_final(message_id)):
+                if position is not None:
+                    position.cancel()
+                    position = None
                 if entry.kind == "token":
                     await self._send_json(type="chunk", message_id=message_id, seq=entry.seq,
                                           text=entry.fields.get("text", ""))
@@ -237,7 +274,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
             logger.exception("relay of message %s failed", message_id)
             await self._error("The live stream was interrupted; reload the page to see the answer.")
         finally:
+            if position is not None:
+                position.cancel()
             self.relays.pop(message_id, None)
+
+    async def _announce_position(self, message_id: int) -> None:
+        last: int | None = None
+        while True:
+            ahead = await sync_to_async(dispatch.queue_position, thread_sensitive=False)(message_id=message_id)
+            if ahead is None:
+                return  # a worker took it (or it was never queued here: fifo, or already running)
+            if ahead != last:
+                await self._send_json(type="queued", message_id=message_id, ahead=ahead)
+                last = ahead
+            await asyncio.sleep(QUEUE_POSITION_INTERVAL_S)
 
     async def _is_final(self, message_id: int) -> bool:
         current = await self._get_message(message_id)

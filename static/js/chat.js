@@ -59,6 +59,12 @@
       handle(JSON.parse(event.data));
     });
     socket.addEventListener("close", function (event) {
+      if (event.code === 4429) {
+        // Too many chat tabs open: retrying would only be refused again.
+        showError(event.reason || "Too many chat tabs are open; close one and reload this page.");
+        connStatus.textContent = "Not connected";
+        return;
+      }
       if (event.code === 4404 || event.code === 4401) {
         showError(event.code === 4404 ? "This conversation no longer exists." : "Please log in again.");
         return;
@@ -112,6 +118,15 @@
         // Text, never HTML, while streaming; the sanitized rendering replaces it at the end.
         body.appendChild(document.createTextNode(frame.text));
         messages.scrollTop = messages.scrollHeight;
+        break;
+      }
+      case "queued": {
+        // Fair sharing (chat/dispatch.py): the turn waits while others' turns run first.
+        const el = document.getElementById("msg-" + frame.message_id);
+        if (!el || el.dataset.status !== "pending") break;
+        el.querySelector(".msg-status").textContent = frame.ahead > 0
+          ? "Waiting — " + frame.ahead + " ahead of you"
+          : "Waiting — you are next";
         break;
       }
       case "reset": {
