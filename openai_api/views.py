@@ -24,7 +24,8 @@ from chat.models import Message
 from chat.selectors import message_find
 from chat.services import ChatInputError, QuotaExceeded
 from openai_api import services, wire
-from openai_api.access import ApiCaller, api_caller_get
+from openai_api.access import ApiCaller
+from openai_api.ratelimit import api_caller_get_limited
 from openai_api.relay import turn_entries
 from openai_api.selectors import models_for_caller
 from openai_api.wire import ApiError
@@ -46,6 +47,8 @@ def openai_endpoint(*methods: str) -> Callable[[AsyncView], AsyncView]:
                 return await view(request, *args, **kwargs)
             except ApiError as exc:
                 response = JsonResponse(exc.body(), status=exc.status)
+                for name, value in exc.headers.items():
+                    response[name] = value
                 if exc.status == 401:
                     response["WWW-Authenticate"] = 'Bearer realm="deepseek-web"'
                 return response
@@ -56,7 +59,9 @@ def openai_endpoint(*methods: str) -> Callable[[AsyncView], AsyncView]:
 
 
 async def api_caller_aget(request: HttpRequest) -> ApiCaller:
-    return await sync_to_async(api_caller_get)(request.headers.get("Authorization", ""))
+    # Rate-limited per key, and per client address for wrong keys (openai_api.ratelimit).
+    return await sync_to_async(api_caller_get_limited)(request.headers.get("Authorization", ""),
+                                                       request.META.get("REMOTE_ADDR", ""))
 
 
 @openai_endpoint("GET")

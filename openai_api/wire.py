@@ -30,8 +30,9 @@ class ApiError(Exception):
     """An answer in OpenAI's error format: {"error": {"message", "type", "code", "param"}}."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None) -> None:
+                 code: str | None = None, param: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
+        self.headers = headers or {}
         self.status = status
         self.message = message
         self.type = type
