@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 
 from django.conf import settings
 
@@ -167,8 +168,9 @@ def queue_position(*, message_id: int) -> int | None:
     client = sync_client()
     if not client.hexists(f"{PREFIX}jobs", message_id):
         return None
-    tenants = client.zrange(f"{PREFIX}tenants", 0, -1, withscores=True)
-    weights = client.hgetall(f"{PREFIX}weights")
+    # redis-py types replies loosely; with decode_responses these are str (and float scores).
+    tenants = cast(list[tuple[str, float]], client.zrange(f"{PREFIX}tenants", 0, -1, withscores=True))
+    weights = cast(dict[str, str], client.hgetall(f"{PREFIX}weights"))
     pipe = client.pipeline(transaction=True)
     for tenant, _ in tenants:
         pipe.lrange(f"{PREFIX}users:{tenant}", 0, -1)

@@ -41,7 +41,7 @@ def _keys(tenant_id: int, user_id: int) -> list[str]:
 
 async def acquire(client: aioredis.Redis, *, tenant_id: int, user_id: int, socket_id: str) -> str | None:
     """Takes a slot for this socket; None if taken, else the reason shown to the user."""
-    refused = await client.eval(  # type: ignore[misc]  # redis-py types eval's result loosely
+    refused = await client.eval(
         _ACQUIRE, 2, *_keys(tenant_id, user_id), time.time(), SLOT_TTL_S, socket_id,
         settings.CHAT_MAX_STREAMS_PER_USER, settings.CHAT_MAX_STREAMS_PER_TENANT,
     )

@@ -54,7 +54,7 @@ def _bucket(key: str, *, per_minute: int, burst: int, take: int) -> int | None:
     if per_minute <= 0:
         return None
     script = sync_client().register_script(_BUCKET)
-    allowed, wait_ms = script(keys=[PREFIX + key],  # type: ignore[misc]  # redis-py types scripts loosely
+    allowed, wait_ms = script(keys=[PREFIX + key],
                               args=[per_minute / 60, max(burst, 1), time.time(), take])
     return None if int(allowed) else max(1, math.ceil(int(wait_ms) / 1000))
 

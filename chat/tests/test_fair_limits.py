@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from channels.db import database_sync_to_async
 
@@ -25,7 +27,7 @@ def conversation_of(user, tenant) -> Conversation:
         return Conversation.objects.create(tenant=tenant, user=user)
 
 
-async def submit(communicator, text: str) -> dict:
+async def submit(communicator, text: str) -> dict[str, Any]:
     await communicator.send_json_to({"type": "submit", "text": text})
     while True:
         frame = await communicator.receive_json_from(timeout=5)
@@ -65,7 +67,7 @@ async def test_it_refuses_a_submit_beyond_the_tenants_turns_in_flight(world, con
         await each.disconnect()
 
 
-async def closed_with(communicator) -> dict:
+async def closed_with(communicator) -> dict[str, Any]:
     frame = await communicator.receive_json_from(timeout=5)
     assert frame["type"] == "error"
     closing = await communicator.receive_output(timeout=5)
