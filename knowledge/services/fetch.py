@@ -141,7 +141,9 @@ def fetch(url: str, headers: dict[str, str]) -> Iterator[Fetched]:
     """GETs `url`, streaming, following checked redirects; the response is closed on exit."""
     target = check_url(url)
     for _ in range(MAX_REDIRECTS + 1):
-        client = httpx.Client(transport=PinnedTransport(target.address), timeout=TIMEOUT_S, follow_redirects=False)
+        # trust_env off: a proxy from the environment would resolve the name itself, unchecked.
+        client = httpx.Client(transport=PinnedTransport(target.address), timeout=TIMEOUT_S, follow_redirects=False,
+                              trust_env=False)
         try:
             # The Host header is set from the URL before the transport swaps the host for the address.
             request = client.build_request("GET", target.url, headers=headers)
