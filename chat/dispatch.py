@@ -136,6 +136,13 @@ def release(turn: Turn) -> bool:
     return bool(client.hlen(f"{PREFIX}jobs"))
 
 
+def renew(turn: Turn) -> None:
+    """A running turn's heartbeat keeps its slot: an expiry frees only the slots of dead workers,
+    never that of an answer that simply runs longer than CHAT_STALE_TURN_S."""
+    sync_client().zadd(f"{PREFIX}running:{turn.tenant_id}",
+                       {str(turn.message_id): time.time() + settings.CHAT_STALE_TURN_S}, xx=True)
+
+
 def discard(message_id: int) -> bool:
     """Removes a turn that still waits (Stop, or its conversation deleted); False if it did not wait."""
     script = _script(_DISCARD)

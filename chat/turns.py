@@ -208,8 +208,11 @@ class _TurnWatch:
     def _beat(self) -> bool:
         """Touches the row; False when it is no longer this worker's streaming turn."""
         with tenant_context(self.message.tenant_id):
-            return bool(Message.objects.filter(pk=self.message.pk, status=Message.Status.STREAMING)
-                        .update(updated_at=timezone.now()))
+            alive = bool(Message.objects.filter(pk=self.message.pk, status=Message.Status.STREAMING)
+                         .update(updated_at=timezone.now()))
+        if alive:  # its slot under the tenant's running cap lives as long as the turn (chat.dispatch)
+            dispatch.renew(dispatch.Turn(tenant_id=self.message.tenant_id, message_id=self.message.pk))
+        return alive
 
 
 def _watched_deltas(handle: StreamHandle, watch: _TurnWatch) -> Iterator[Delta]:

@@ -84,6 +84,19 @@ def test_it_caps_the_turns_one_tenant_runs_at_once(settings) -> None:
     assert dispatch.pop_next() == dispatch.Turn(tenant_id=A, message_id=3)
 
 
+def test_it_keeps_a_long_turns_running_slot_while_its_heartbeat_beats(settings) -> None:
+    settings.CHAT_MAX_RUNNING_PER_TENANT, settings.CHAT_STALE_TURN_S = 1, 0
+    for mid in (1, 2):
+        dispatch.enqueue(tenant_id=A, user_id=1, message_id=mid, weight=1)
+    running = dispatch.pop_next()
+    assert running is not None
+    settings.CHAT_STALE_TURN_S = 600
+    dispatch.renew(running)  # the heartbeat: without it, the slot had expired at once
+    assert dispatch.pop_next() is None and dispatch.running_count(A) == 1
+    dispatch.renew(dispatch.Turn(tenant_id=A, message_id=99))  # never popped: no slot is made up
+    assert dispatch.running_count(A) == 1
+
+
 def test_it_queues_a_turn_once_and_forgets_a_stopped_one(redis_only) -> None:
     assert dispatch.enqueue(tenant_id=A, user_id=1, message_id=7, weight=1)
     assert not dispatch.enqueue(tenant_id=A, user_id=1, message_id=7, weight=1)
