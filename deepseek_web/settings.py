@@ -212,6 +212,22 @@ DATABASES["default"]["NAME"] = env_str("DB_NAME", str(DATABASES["default"]["NAME
 DB_APP_ROLE = str(DATABASES["default"]["USER"])
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# A connection pool per process (psycopg_pool, through Django): each database step takes a
+# connection and gives it back, so hundreds of worker threads and daphne's handshakes share a few
+# connections instead of holding one each (a turn never holds one while it streams: see
+# tenants.rls.tenant_step). DB_POOL_MAX_SIZE=0 turns pooling off (then CONN_MAX_AGE applies).
+# `./dsw run` checks the processes' sum against PostgreSQL's max_connections (cli.database_capacity_check).
+DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 10)
+# How long a step waits for a free pooled connection before it fails with a clear error.
+DB_POOL_TIMEOUT_S = env_int("DB_POOL_TIMEOUT_S", 30)
+if DB_POOL_MAX_SIZE > 0:
+    if DATABASES["default"]["CONN_MAX_AGE"]:
+        raise ImproperlyConfigured("CONN_MAX_AGE must be 0 with a connection pool (set DB_POOL_MAX_SIZE=0 to keep "
+                                   "persistent connections instead)")
+    DATABASES["default"]["OPTIONS"] = {
+        **dict(DATABASES["default"].get("OPTIONS") or {}),  # type: ignore[call-overload]  # an OPTIONS dict
+        "pool": {"min_size": 1, "max_size": DB_POOL_MAX_SIZE, "timeout": DB_POOL_TIMEOUT_S},
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # DSW_REDIS_DB picks another logical database on the embedded server (the test command uses 1).
