@@ -1,15 +1,15 @@
 """The chat WebSocket: submit, stop, and relay of numbered token chunks from Redis Streams.
 
 Client -> server frames (JSON):
-  {"type": "submit", "text": "..."}
+  {"type": "submit", "text": "...", "client_id": "..."}   # same client_id again: same turn, no copy
   {"type": "resume", "message_id": 12, "last_seq": 7}   # reconnect: replay what came after 7
   {"type": "stop", "message_id": 12}
 Server -> client frames:
-  {"type": "submitted", "user_html": ..., "reply_html": ..., "message_id": 12, "title": ...}
+  {"type": "submitted", "client_id": ..., "user_html": ..., "reply_html": ..., "message_id": 12, "title": ...}
   {"type": "chunk", "message_id": 12, "seq": 8, "text": "..."}
   {"type": "reset", "message_id": 12, "seq": 9}
   {"type": "end", "message_id": 12, "seq": 10, "status": "done", "html": ...}
-  {"type": "error", "error": "..."}
+  {"type": "error", "error": "...", "client_id": ...}   # client_id: that submit was refused
 Close codes before accept: 4401 not logged in, 4404 unknown or foreign conversation. After accept:
 4403 the user's access changed (logout, deactivation, role change; see chat/socket_access.py).
 """
@@ -24,6 +24,7 @@ from typing import Any, cast
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth.models import User
+from django.db import DatabaseError
 from django.http import Http404
 from django.template.loader import render_to_string
 
@@ -125,20 +126,28 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         await handler(frame)
 
-    async def _error(self, error: str) -> None:
-        await self.send(text_data=json.dumps({"type": "error", "error": error}))
+    async def _error(self, error: str, *, client_id: str = "") -> None:
+        frame = {"type": "error", "error": error}
+        if client_id:
+            frame["client_id"] = client_id  # the page stops re-sending that submit
+        await self.send(text_data=json.dumps(frame))
 
     # -- submit ---------------------------------------------------------------------------------
 
     async def _submit(self, frame: dict[str, Any]) -> None:
         text = frame.get("text")
+        client_id = frame.get("client_id", "")
+        if not isinstance(client_id, str):
+            client_id = ""
+        client_id = client_id[:services.CLIENT_ID_MAX_CHARS + 1]
         if not isinstance(text, str):
-            await self._error("A message needs text.")
+            await self._error("A message needs text.", client_id=client_id)
             return
         try:
-            user_message, reply = await self._store_turn(text)
+            user_message, reply = await self._store_turn(text, client_id)
         except services.ChatInputError as exc:
-            await self._error(str(exc))
+            # Refused (validation, quota): an error frame, and the socket stays open.
+            await self._error(str(exc), client_id=client_id)
             return
         except Http404:
             await self.close(code=CLOSE_NOT_FOUND)
@@ -147,10 +156,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._error("Your access to this organisation changed; reload the page.")
             await self.close(code=CLOSE_ACCESS_CHANGED)
             return
+        except DatabaseError:
+            # An overloaded or restarting database must not cost the socket (and with it every
+            # answer this page follows): the page keeps the text and may send it again.
+            logger.exception("submit in conversation %s could not be stored", self.conversation.pk)
+            await self._error("Your message could not be stored just now; please send it again.",
+                              client_id=client_id)
+            return
         await self.send(
             text_data=json.dumps(
                 {
                     "type": "submitted",
+                    "client_id": client_id,
                     "message_id": reply.pk,
                     # The first question names a new conversation; the sidebar shows it at once.
                     "title": self.conversation.title,
@@ -159,10 +176,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 }
             )
         )
-        self._start_relay(reply, 0)
+        if not reply.is_final:  # a re-sent submit of a finished turn: reply_html is the answer
+            self._start_relay(reply, 0)
 
     @database_sync_to_async
-    def _store_turn(self, text: str) -> tuple[Message, Message]:
+    def _store_turn(self, text: str, client_id: str) -> tuple[Message, Message]:
         with self._tenant():
             # Access is checked again on every submit: the socket may have outlived it.
             membership = membership_get_exact(self.user, self.membership.tenant_id)
@@ -172,8 +190,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # Re-read the conversation: it may have been deleted in another tab since connect.
             conversation = conversation_get_for_user(self.user, self.membership.tenant, self.conversation.pk)
             self.conversation = conversation
+            # The same client id again (a re-send after a lost confirmation) returns the stored turn.
             return services.message_submit(
-                conversation=conversation, text=text, actor=actor_from_scope(self.scope, self.membership.role)
+                conversation=conversation, text=text, actor=actor_from_scope(self.scope, self.membership.role),
+                client_id=client_id,
             )
 
     @database_sync_to_async

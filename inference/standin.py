@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -131,10 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=60, help="chunks per answer")
     parser.add_argument("--tokens-per-s", type=float, default=5.0, help="pace of each answer; 0: no pause")
     args = parser.parse_args(argv)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.host, args.port, Pace(tokens=args.tokens, tokens_per_s=args.tokens_per_s)))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":
