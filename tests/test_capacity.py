@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,48 +17,13 @@ from deepseek_web.testing import chat_turn, ws_connect
 from inference.standin import chunk_text
 from tenants.rls import tenant_context
 
-from .conftest import ROOT
+from .conftest import STANDIN_TOKENS as TOKENS
+from .conftest import STREAM_WORKER_THREADS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 STREAMS = 100
-TOKENS = 20
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[str]:
-    """The shipped stand-in engine, as a load test runs it: its own process, a real socket."""
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "inference.standin", "--port", str(port),
-                                "--tokens", str(TOKENS), "--tokens-per-s", "20"], cwd=ROOT)
-    deadline = time.monotonic() + 30
-    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("the stand-in did not start")
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}/v1"
-    process.terminate()
-    process.wait(timeout=10)
-
-
-@pytest.fixture
-def stream_worker(asgi_server: str, standin: str, settings: Any) -> Iterator[Any]:
-    """A `gpu` worker with more threads than the turns, routing every turn to the stand-in."""
-    from celery.contrib.testing.worker import start_worker
-
-    from deepseek_web.celery import app
-
-    settings.INFERENCE_BACKENDS = [{"name": "standin", "base_url": standin, "model": "standin", "retries": 0}]
-    with start_worker(app, pool="threads", concurrency=STREAMS + 10, queues=["gpu"], perform_ping_check=False,
-                      loglevel="WARNING", shutdown_timeout=30) as worker:
-        yield worker
+assert STREAMS < STREAM_WORKER_THREADS, "every turn must find a worker thread at once"
 
 
 def session_key(user: Any) -> str:
