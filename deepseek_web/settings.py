@@ -233,12 +233,19 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # DSW_REDIS_DB picks another logical database on the embedded server (the test command uses 1).
 REDIS_URL = os.environ.get("REDIS_URL") or embedded_redis_url(DATA_DIR, env_int("DSW_REDIS_DB", 0))
 
+# The process-wide Redis clients (deepseek_web.redis_client): threads beyond the pool's size wait
+# up to the timeout for a connection rather than fail.
+REDIS_POOL_MAX_SIZE = env_int("REDIS_POOL_MAX_SIZE", 64)
+REDIS_POOL_TIMEOUT_S = env_int("REDIS_POOL_TIMEOUT_S", 20)
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # redis-py 8 defaults to a 5 s socket timeout, which races channels_redis' own 5 s
         # blocking pops: give blocking reads room.
-        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+        # redis-py 8 also caps a pool at 100 connections, failing the next command: a storm of
+        # handshakes (each one a group_add) needs more at once.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 2000}]},
     }
 }
 
