@@ -141,6 +141,26 @@ def database_limits() -> tuple[int, int]:
         "reserved_connections", 0)
 
 
+def worker_capacity_warning(threads: int) -> str:
+    """What a Celery worker with this many threads logs at start when it alone could take more
+    connections than the server has free; "" when it fits or the server cannot be asked."""
+    from django.conf import settings
+    from django.db import DatabaseError, connection
+
+    try:
+        max_connections, reserved = database_limits()
+        database_capacity_check(processes={"this worker": threads}, pool_max_size=settings.DB_POOL_MAX_SIZE,
+                                max_connections=max_connections, reserved=reserved)
+    except DatabaseCapacityError as exc:
+        return str(exc)
+    except DatabaseError:
+        return ""  # the database is down: the worker's tasks will say so
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()  # the worker's threads take their own; this one goes back
+    return ""
+
+
 def check_database_capacity(gpu_concurrency: int) -> None:
     """`database_capacity_check` for the processes `run` starts, against the server's real limits."""
     from django.conf import settings

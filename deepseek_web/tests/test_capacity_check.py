@@ -35,3 +35,12 @@ def test_it_reads_the_real_servers_limits(settings) -> None:
         cli.check_database_capacity(gpu_concurrency=max_connections)
     settings.DB_POOL_MAX_SIZE = 5
     cli.check_database_capacity(gpu_concurrency=max_connections)
+
+
+@pytest.mark.django_db
+def test_it_warns_a_worker_with_more_threads_than_connections(settings) -> None:
+    max_connections, _ = cli.database_limits()
+    settings.DB_POOL_MAX_SIZE = 0
+    assert "refusing to start" in cli.worker_capacity_warning(max_connections)
+    settings.DB_POOL_MAX_SIZE = 5
+    assert cli.worker_capacity_warning(max_connections) == ""
