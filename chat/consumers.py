@@ -59,7 +59,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        found = await self._load_conversation(user)
+        # On any pool thread, not channels' one shared thread: a storm of reconnecting tabs must
+        # not queue every handshake behind the others (deepseek_web/websocket_auth.py).
+        found = await database_sync_to_async(self._load_conversation, thread_sensitive=False)(user)
         if found is None:
             # Refused before accept: another tenant's (or unknown) id learns nothing.
             await self.close(code=CLOSE_NOT_FOUND)
@@ -72,7 +74,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
         await self.accept()
 
-    @database_sync_to_async
     def _load_conversation(self, user: Any) -> tuple[Membership, Conversation] | None:
         session = self.scope.get("session")
         with tenant_context(None, user.pk):
