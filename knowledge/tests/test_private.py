@@ -9,6 +9,7 @@ A's private knowledge base instead of tenant B's objects: a new knowledge URL is
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -56,7 +57,7 @@ def private(world) -> dict[str, int]:
             "tenant": world.tenant_a.pk, "user": gina.pk, "gina": gina.pk}
 
 
-def _others(world, private: dict[str, int]) -> list[object]:
+def _others(world, private: dict[str, int]) -> list[Any]:
     from django.contrib.auth import get_user_model
 
     return [get_user_model().objects.get(pk=private["gina"]), world.bob]  # knowledge admin, owner
