@@ -163,9 +163,20 @@ def _read_only_everywhere(confinement: Confinement) -> None:
 
 
 def _private_workdir(source: int, name: str, owner: pwd.struct_passwd, confinement: Confinement) -> None:
-    size = os.fstat(source).st_size + _SCRATCH_BYTES
-    _mount("dsw-parse", str(WORKDIR), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-           f"size={size},mode=0700,uid={owner.pw_uid},gid={owner.pw_gid}")
+    # Python folders inside /tmp (a checkout there, say) would vanish under the tmpfs: hold them by a
+    # handle and bind them back, read-only, once it is mounted.
+    kept = [(root, os.open(root, os.O_PATH | os.O_DIRECTORY)) for root in _python_roots() if WORKDIR in root.parents]
+    try:
+        size = os.fstat(source).st_size + _SCRATCH_BYTES
+        _mount("dsw-parse", str(WORKDIR), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+               f"size={size},mode=0700,uid={owner.pw_uid},gid={owner.pw_gid}")
+        for root, handle in kept:
+            root.mkdir(parents=True, exist_ok=True)
+            _mount(f"/proc/self/fd/{handle}", str(root), None, MS_BIND | MS_REC)
+            _mount(None, str(root), None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    finally:
+        for _, handle in kept:
+            os.close(handle)
     target = WORKDIR / name
     with os.fdopen(os.dup(source), "rb") as reader, open(target, "wb") as writer:
         shutil.copyfileobj(reader, writer)

@@ -76,6 +76,22 @@ def test_it_still_parses_every_format_inside_the_sandbox(tmp_path: Path) -> None
     assert document.blocks
 
 
+@root_only
+def test_it_keeps_code_that_lives_under_the_workdir_importable(tmp_path: Path) -> None:
+    # A checkout under /tmp (where the workdir's tmpfs goes) must stay visible to the child.
+    checkout = tmp_path / "checkout"
+    shutil.copytree(IMPORT_ROOT / "knowledge", checkout / "knowledge",
+                    ignore=shutil.ignore_patterns("__pycache__", "tests"))
+    upload = samples.write_md(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-B", "-m", "knowledge.ingest.sandbox", str(upload), "md", "1024", "30"],
+        cwd=checkout, capture_output=True, text=True, timeout=60,
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(checkout)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["blocks"]
+
+
 def test_it_logs_once_what_the_sandbox_could_not_do(caplog: pytest.LogCaptureFixture) -> None:
     confinement = isolation.Confinement(path="/x", missing=["no network namespace (Operation not permitted)"])
     stderr = "\n".join(isolation.note_lines(confinement)) + "\nTraceback: unrelated\n"
