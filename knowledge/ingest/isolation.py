@@ -205,9 +205,15 @@ def _as_root(source: int, name: str, confinement: Confinement) -> None:
         confinement.missing.append(f"no mount namespace or workdir ({error.strerror}); "
                                    f"stays user {os.geteuid()}")
         return
-    os.setgroups([])
-    os.setgid(owner.pw_gid)
-    os.setuid(owner.pw_uid)
+    try:
+        os.setgroups([])
+        os.setgid(owner.pw_gid)
+        os.setuid(owner.pw_uid)
+    except OSError as error:
+        # Root of a user namespace that maps no `nobody` (a rootless container, say).
+        confinement.missing.append(f"no switch to user {UNPRIVILEGED_USER} ({error.strerror}); "
+                                   f"stays user {os.geteuid()}")
+        return
     confinement.done.append(f"user {UNPRIVILEGED_USER}")
 
 

@@ -92,6 +92,24 @@ def test_it_keeps_code_that_lives_under_the_workdir_importable(tmp_path: Path) -
     assert json.loads(result.stdout)["blocks"]
 
 
+@root_only
+def test_it_degrades_and_says_so_where_the_os_refuses_part_of_it(tmp_path: Path) -> None:
+    # Root of a user namespace, as in a rootless container: `nobody` is not mapped there, so the
+    # workdir (owned by nobody) and the user switch are refused; the parse still succeeds.
+    upload = samples.write_md(tmp_path)
+    result = subprocess.run(
+        ["unshare", "--user", "--map-root-user", sys.executable, "-B", "-m", "knowledge.ingest.sandbox",
+         str(upload), "md", "1024", "30"],
+        cwd=IMPORT_ROOT, capture_output=True, text=True, timeout=60,
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(IMPORT_ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["blocks"]
+    notes = [line for line in result.stderr.splitlines() if line.startswith(isolation.NOTE_PREFIX)]
+    assert notes == [f"{isolation.NOTE_PREFIX}no mount namespace or workdir (mount /tmp: Invalid argument); "
+                     "stays user 0"]
+
+
 def test_it_logs_once_what_the_sandbox_could_not_do(caplog: pytest.LogCaptureFixture) -> None:
     confinement = isolation.Confinement(path="/x", missing=["no network namespace (Operation not permitted)"])
     stderr = "\n".join(isolation.note_lines(confinement)) + "\nTraceback: unrelated\n"
