@@ -1,7 +1,7 @@
 """Load: many concurrent chat streams, and a storm of WebSocket handshakes (issue 12, finding 16).
 
 What it runs: the real stack on the embedded services, in the bench database (`dsw_bench`) and
-Redis database 2: the shipped stand-in engine (`python -m inference.standin`), daphne, and one
+Redis database 2: the shipped stand-in engine (`python -m inference.standin`), daphne (`deepseek_web.web_server`), and one
 `gpu` Celery worker (threads) that routes every turn to the stand-in as a remote backend.
 
 1. Baseline: `--streams` clients stream from the stand-in directly, all at once; the gaps between
@@ -162,7 +162,7 @@ def main() -> None:
         subprocess.Popen([sys.executable, "-m", "inference.standin", "--port", str(standin_port), "--tokens",
                           str(args.tokens), "--tokens-per-s", str(args.tokens_per_s)], cwd=ROOT, env=env,
                          stdout=log, stderr=subprocess.STDOUT),
-        subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port),
+        subprocess.Popen([sys.executable, "-m", "deepseek_web.web_server", "-b", "127.0.0.1", "-p", str(web_port),
                           "deepseek_web.asgi:application"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
         subprocess.Popen([sys.executable, "-m", "celery", "-A", "deepseek_web", "worker", "-Q", "gpu", "-P",
                           "threads", "-c", str(args.streams + 10), "-n", "bench-load@%h", "--loglevel", "WARNING"],
