@@ -38,9 +38,13 @@ def conversations(world: Any, n: int) -> list[int]:
 
 
 def database_connections() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
-        return int(cursor.fetchone()[0])
+    """Connections to the test database now (run from a helper thread, whose own it gives back)."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+            return int(cursor.fetchone()[0])
+    finally:
+        connection.close()
 
 
 def test_it_streams_a_hundred_concurrent_turns_without_a_dropped_chunk(world, asgi_server, stream_worker,
