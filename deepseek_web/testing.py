@@ -31,6 +31,8 @@ class TurnResult:
     text: str = ""
     # Seconds between consecutive chunks, as the client received them.
     gaps: list[float] = field(default_factory=list)
+    # When each chunk arrived (time.monotonic()).
+    arrivals: list[float] = field(default_factory=list)
     frames: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -63,6 +65,7 @@ async def chat_turn(base_url: str, conversation_id: int, session_key: str, text:
                     if last is not None:
                         result.gaps.append(now - last)
                     last = now
+                    result.arrivals.append(now)
                     result.seqs.append(frame["seq"])
                     result.text += frame["text"]
                 elif frame["type"] == "end":
