@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ class TurnResult:
     # When each chunk arrived (time.monotonic()).
     arrivals: list[float] = field(default_factory=list)
     frames: list[dict[str, Any]] = field(default_factory=list)
+    handshake_retries: int = 0
 
 
 def ws_connect(base_url: str, conversation_id: int, session_key: str, **kwargs: Any) -> Any:
@@ -46,12 +48,24 @@ def ws_connect(base_url: str, conversation_id: int, session_key: str, **kwargs: 
 
 
 async def chat_turn(base_url: str, conversation_id: int, session_key: str, text: str, client_id: str = "",
-                    timeout_s: float = 120.0) -> TurnResult:
+                    timeout_s: float = 120.0, handshake_retries: int = 0) -> TurnResult:
     """Submits one question over a real WebSocket and reads its frames up to the turn's `end`."""
     import asyncio
 
+    from websockets.exceptions import InvalidHandshake
+
     result = TurnResult()
-    async with ws_connect(base_url, conversation_id, session_key, open_timeout=60) as ws:
+    # A refused or timed-out handshake is retried as chat.js retries it: full jitter, capped.
+    for attempt in range(handshake_retries + 1):
+        try:
+            ws = await ws_connect(base_url, conversation_id, session_key, open_timeout=60)
+            break
+        except (OSError, TimeoutError, InvalidHandshake):
+            if attempt == handshake_retries:
+                raise
+            result.handshake_retries += 1
+            await asyncio.sleep(random.random() * min(30.0, 0.5 * 2 ** attempt))
+    async with ws:
         await ws.send(json.dumps({"type": "submit", "text": text, "client_id": client_id}))
         last: float | None = None
         async with asyncio.timeout(timeout_s):
