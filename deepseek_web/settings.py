@@ -284,7 +284,12 @@ AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = env_int("LOGIN_LOCKOUT_HOURS", 1)
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked.html"
-AXES_IPWARE_PROXY_COUNT = env_int("PROXY_COUNT", 0)
+# The client address is REMOTE_ADDR, which asgi.py takes from X-Forwarded-For only when the
+# connection comes from one of TRUSTED_PROXIES: a header any client can send is never read here.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+# Addresses or networks of the reverse proxies in front of daphne (comma-separated), whose
+# X-Forwarded-For and X-Forwarded-Proto are believed. Empty: none, daphne faces the clients.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:home"
@@ -399,6 +404,22 @@ KNOWLEDGE_EMBED_BATCH = env_int("KNOWLEDGE_EMBED_BATCH", 128)
 KNOWLEDGE_FOLDER_ROOTS = [Path(p) for p in env_str("KNOWLEDGE_FOLDER_ROOTS", "").split(":") if p]
 # URL sources may fetch intranet addresses only when allowed (server-side request forgery).
 KNOWLEDGE_URL_ALLOW_PRIVATE = env_bool("KNOWLEDGE_URL_ALLOW_PRIVATE", False)
+# Networks URL sources may fetch although they are not public (comma-separated CIDRs), e.g. an
+# intranet wiki's 10.1.0.0/16; KNOWLEDGE_URL_ALLOW_PRIVATE=1 allows every address.
+KNOWLEDGE_URL_ALLOWED_NETWORKS = env_list("KNOWLEDGE_URL_ALLOWED_NETWORKS", [])
+# The DNS servers URL sources are resolved with (comma-separated IPs, optional :port); empty: the
+# system's. The tests point it at their own rebinding resolver.
+KNOWLEDGE_URL_NAMESERVERS = env_list("KNOWLEDGE_URL_NAMESERVERS", [])
+
+# Request bodies, capped by deepseek_web.web_server before anything parses them (413 above the
+# limit). The default is Django's own DATA_UPLOAD_MAX_MEMORY_SIZE; uploads get one file of
+# KNOWLEDGE_MAX_FILE_MB plus room for the form around it.
+REQUEST_MAX_BODY_BYTES = env_int("REQUEST_MAX_BODY_BYTES", 2_621_440)
+REQUEST_UPLOAD_MAX_BODY_BYTES = env_int("REQUEST_UPLOAD_MAX_BODY_BYTES", (KNOWLEDGE_MAX_FILE_MB + 4) * 1024 * 1024)
+# Regular expressions of the paths that take uploads.
+REQUEST_UPLOAD_PATHS = env_list("REQUEST_UPLOAD_PATHS", [r"^/knowledge/\d+/upload/$",
+                                                         r"^/api/v1/knowledge-bases/\d+/documents/$"])
+
 # A document stuck in one step this long (its worker died) is failed with a reason.
 KNOWLEDGE_STALE_S = env_int("KNOWLEDGE_STALE_S", 900)
 # Retrieval: candidates from each search, passages put in the prompt, HNSW search breadth.
