@@ -67,7 +67,7 @@ _REFUSALS = {
 }
 _NOT_FOUND = {404: OpenApiResponse(ErrorSerializer, description="No such object in your organisation.")}
 _UPLOAD = inline_serializer("DocumentUpload", fields={
-    "files": serializers.ListField(child=serializers.FileField(), help_text="One or more files."),
+    "files": serializers.ListField(child=serializers.FileField(), min_length=1, help_text="One or more files."),
 })
 
 # Either every file's outcome (all rejected) or one error for the whole request.

@@ -16,14 +16,15 @@ import schemathesis
 from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
+from schemathesis.checks import positive_data_acceptance
 
 from knowledge.models import Document, KnowledgeBase
 from tenants.rls import tenant_context
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# Examples per operation and mode: 5 operations x 2 modes, about 25 s on the 2-core CI machine.
-EXAMPLES = 25
+# Examples per operation and mode (9 runs in all): about 15 s on a 2-core machine.
+EXAMPLES = 50
 # Django accepts any well-formed CSRF secret as the cookie when the header carries the same one.
 CSRF = "schemathesisschemathesisschemat1"
 
@@ -70,7 +71,11 @@ def test_it_answers_every_generated_request_as_its_schema_says(asgi_server, worl
     for operation in operations:
         own_ids = {name: value for name, value in objects.items() if f"{{{name}}}" in operation.path}
         # Invalid requests need something to make invalid besides the fixed auth: an id or a body.
-        invalid = own_ids or operation.method.upper() == "POST"
+        upload = operation.method.upper() == "POST"
+        invalid = own_ids or upload
+        # Whether an upload is accepted depends on each file's name and bytes (its format), which a
+        # schema cannot say: a schema-valid upload may be refused with each file's reason (400).
+        excluded = [positive_data_acceptance] if upload else []
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if invalid else (GenerationMode.POSITIVE,):
             # The session's cookies are the schema's cookieAuth: schemathesis sends them, and leaves
             # them out itself to check that the API then refuses. Positive requests name A's own
@@ -82,6 +87,6 @@ def test_it_answers_every_generated_request_as_its_schema_says(asgi_server, worl
                       suppress_health_check=list(HealthCheck))
             @given(case=strategy)
             def check(case: Any) -> None:
-                case.call_and_validate(timeout=30)
+                case.call_and_validate(timeout=30, excluded_checks=excluded)
 
             check()
