@@ -116,6 +116,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except json.JSONDecodeError:
             await self._error("That frame was not valid JSON; it was ignored.")
             return
+        except RecursionError:  # nesting deeper than the parser's stack: refused, the socket stays
+            await self._error("That frame is nested too deeply; it was ignored.")
+            return
         if not isinstance(frame, dict):
             await self._error("A frame must be a JSON object with a \"type\".")
             return
