@@ -18,8 +18,8 @@ from django.http.response import HttpResponseBase
 
 from openai_api.wire import error_body
 
-OPENAI_PREFIX = "/v1/"
-REST_PREFIX = "/api/"
+OPENAI_PREFIX = "/v1"
+REST_PREFIX = "/api"
 # What a client needs from the original answer: allowed methods, how to authenticate, when to retry.
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
 _PATH_SHOWN = 200
@@ -40,6 +40,10 @@ def _message(request: HttpRequest, status: int) -> str:
     return f"{phrase}: the request to {path} was refused."
 
 
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
 def _is_json(response: HttpResponseBase) -> bool:
     return response.get("Content-Type", "").split(";")[0].strip().endswith("json")
 
@@ -53,8 +57,8 @@ class ApiErrorMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         response = self.get_response(request)
         status = response.status_code
-        openai = request.path_info.startswith(OPENAI_PREFIX)
-        if status < 400 or _is_json(response) or not (openai or request.path_info.startswith(REST_PREFIX)):
+        openai = _under(request.path_info, OPENAI_PREFIX)
+        if status < 400 or _is_json(response) or not (openai or _under(request.path_info, REST_PREFIX)):
             return response
         message = _message(request, status)
         if openai:

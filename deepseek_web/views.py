@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.common import no_append_slash
 from django.views.decorators.http import require_GET
 from drf_spectacular.views import SpectacularAPIView
 
@@ -29,4 +30,4 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 # The REST API's OpenAPI 3 schema (drf-spectacular), for signed-in users only (SPECTACULAR_SETTINGS).
-api_schema = SpectacularAPIView.as_view()
+api_schema = no_append_slash(SpectacularAPIView.as_view())

@@ -1,7 +1,8 @@
 """REST API for knowledge bases: list them, upload documents, follow their status, delete them.
 
 Same services and the same access rules as the pages; the tenant middleware has already put the
-request in its tenant's database context.
+request in its tenant's database context. The paths are exact (`no_append_slash`): a path without
+its slash gets a 404 in JSON, not a redirect that drops the body (or, with DEBUG on, a 500 page).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import Http404
+from django.views.decorators.common import no_append_slash
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes
@@ -89,6 +91,7 @@ def _request_manager_membership(request: Request) -> Membership:
     return membership
 
 
+@no_append_slash
 @extend_schema(operation_id="knowledge_base_list", responses={200: KnowledgeBaseSerializer(many=True), **_REFUSALS})
 @api_view(["GET"])
 def knowledge_base_list(request: Request) -> Response:
@@ -100,6 +103,7 @@ def knowledge_base_list(request: Request) -> Response:
     return Response(KnowledgeBaseSerializer(queryset, many=True).data)
 
 
+@no_append_slash
 @extend_schema(methods=["GET"], operation_id="document_list",
                responses={200: DocumentSerializer(many=True), **_REFUSALS, **_NOT_FOUND})
 @extend_schema(methods=["POST"], operation_id="document_upload", request={"multipart/form-data": _UPLOAD},
@@ -128,6 +132,7 @@ def document_list(request: Request, knowledge_base_id: int) -> Response:
     return Response(body, status=status.HTTP_201_CREATED if accepted else status.HTTP_400_BAD_REQUEST)
 
 
+@no_append_slash
 @extend_schema(methods=["GET"], operation_id="document_detail",
                responses={200: DocumentSerializer, **_REFUSALS, **_NOT_FOUND})
 @extend_schema(methods=["DELETE"], operation_id="document_delete",

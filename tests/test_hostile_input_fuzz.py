@@ -24,6 +24,7 @@ from django.utils import timezone
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from chat.models import Conversation, Message
 from tenants.rls import tenant_context
@@ -132,7 +133,7 @@ def _socket(asgi_server: str, user: Any, conversation: Conversation, stack: Exit
     client = Client()
     client.force_login(user)
     ws_url = asgi_server.replace("http://", "ws://") + f"/ws/chat/{conversation.pk}/"
-    return stack.enter_context(connect(ws_url, origin=asgi_server,  # type: ignore[arg-type]
+    return stack.enter_context(connect(ws_url, origin=Origin(asgi_server),
                                        additional_headers={"Cookie": f"sessionid={client.cookies['sessionid'].value}"},
                                        max_size=None, open_timeout=30))
 

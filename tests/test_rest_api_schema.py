@@ -16,7 +16,8 @@ import schemathesis
 from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
-from schemathesis.checks import positive_data_acceptance
+from schemathesis.checks import CheckFunction, positive_data_acceptance
+from schemathesis.core.result import Ok
 
 from knowledge.models import Document, KnowledgeBase
 from tenants.rls import tenant_context
@@ -51,6 +52,16 @@ def _signed_in(user: Any) -> requests.Session:
     return session
 
 
+def _check_every_case(strategy: Any, excluded: list[CheckFunction]) -> None:
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(case=strategy)
+    def check(case: Any) -> None:
+        case.call_and_validate(timeout=30, excluded_checks=excluded)
+
+    check()
+
+
 def test_it_serves_the_openapi_schema_to_signed_in_users_only(asgi_server, world) -> None:
     anonymous = requests.get(f"{asgi_server}/api/schema/", params={"format": "json"}, timeout=30)
     assert anonymous.status_code == 403 and anonymous.json() == {
@@ -66,8 +77,9 @@ def test_it_answers_every_generated_request_as_its_schema_says(asgi_server, worl
     raw = requests.get(f"{asgi_server}/api/schema/", params={"format": "json"}, cookies=cookies, timeout=30).json()
     schema = schemathesis.openapi.from_dict(raw)
     schema.config.update(base_url=asgi_server)
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 5
+    results = list(schema.get_all_operations())
+    operations = [result.ok() for result in results if isinstance(result, Ok)]
+    assert len(operations) == len(results) == 5
     for operation in operations:
         own_ids = {name: value for name, value in objects.items() if f"{{{name}}}" in operation.path}
         # Invalid requests need something to make invalid besides the fixed auth: an id or a body.
@@ -82,11 +94,4 @@ def test_it_answers_every_generated_request_as_its_schema_says(asgi_server, worl
             # objects, so they reach the success paths; negative ones make up their ids too.
             strategy = operation.as_strategy(mode, cookies=cookies, headers={"X-CSRFToken": CSRF},
                                              path_parameters=own_ids if mode is GenerationMode.POSITIVE else None)
-
-            @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-                      suppress_health_check=list(HealthCheck))
-            @given(case=strategy)
-            def check(case: Any) -> None:
-                case.call_and_validate(timeout=30, excluded_checks=excluded)
-
-            check()
+            _check_every_case(strategy, excluded)

@@ -4,6 +4,8 @@ DEBUG on, whose technical 500 page would otherwise reach the client. Issue 12, f
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client
 
@@ -17,7 +19,7 @@ def _detail(response) -> str:
     return str(body["detail"])
 
 
-def _openai(response) -> dict:
+def _openai(response) -> dict[str, Any]:
     assert response["Content-Type"] == "application/json", response.content[:300]
     error = response.json()["error"]
     assert set(error) == OPENAI_KEYS and error["message"]
@@ -38,6 +40,7 @@ def test_it_answers_unknown_api_paths_in_each_apis_format(erin, settings) -> Non
     response = Client().post("/v1/embeddings", "{}", content_type="application/json")
     assert response.status_code == 404
     assert _openai(response)["type"] == "invalid_request_error"
+    assert _openai(Client().get("/v1"))["message"] == "Invalid URL (GET /v1)."
     # Outside the APIs, pages stay pages.
     assert Client().get("/nothing-here/")["Content-Type"].startswith("text/html")
 
@@ -67,3 +70,15 @@ def test_it_answers_a_failing_view_in_json_even_with_debug_on(settings) -> None:
     response = client.post("/v1/failing", "{}", content_type="application/json")
     assert response.status_code == 500 and _openai(response)["type"] == "server_error"
     assert b"RuntimeError" not in response.content
+
+
+def test_it_refuses_an_api_path_without_its_slash_in_json_even_with_debug_on(erin, settings) -> None:
+    """CommonMiddleware would redirect it (dropping the body), or with DEBUG on raise a 500 page for
+    a POST: the REST API's paths are exact."""
+    settings.DEBUG = True
+    erin.raise_request_exception = False
+    for method in ("post", "delete", "get"):
+        response = getattr(erin, method)("/api/v1/knowledge-bases")
+        assert response.status_code == 404 and "Invalid URL" in _detail(response), method
+    response = erin.post("/api/schema")
+    assert response.status_code == 404 and _detail(response)
