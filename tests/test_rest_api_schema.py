@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
+from django.core.management import call_command
 from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
@@ -60,6 +61,11 @@ def _check_every_case(strategy: Any, excluded: list[CheckFunction]) -> None:
         case.call_and_validate(timeout=30, excluded_checks=excluded)
 
     check()
+
+
+def test_it_generates_a_valid_schema_without_warnings(tmp_path) -> None:
+    # drf-spectacular warns where it must guess (an unannotated view, a field it cannot type).
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))
 
 
 def test_it_serves_the_openapi_schema_to_signed_in_users_only(asgi_server, world) -> None:
