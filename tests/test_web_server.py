@@ -135,6 +135,16 @@ def test_it_passes_bodies_under_the_limit_to_the_app(server: Any) -> None:
     assert status == 403  # Django's CSRF refusal: the body reached the app
 
 
+def test_it_passes_a_chunked_body_under_the_limit_to_the_app(server: Any) -> None:
+    _, url = server
+    body = part(LIMIT // 2)
+    with connect(url) as sock:
+        sock.sendall(multipart_head("/login/", "Transfer-Encoding: chunked\r\n"))
+        sock.sendall(b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+        status, _, _ = read_response(sock)
+    assert status == 403  # Django's CSRF refusal: the body reached the app
+
+
 def test_it_gives_upload_paths_their_own_limit(server: Any) -> None:
     _, url = server
     body = part(2 * LIMIT)  # above the default limit, under the upload limit
