@@ -96,7 +96,7 @@ def test_it_answers_every_generated_request_as_its_schema_says(asgi_server, worl
         excluded = [positive_data_acceptance] if upload else []
         # Valid requests name A's own objects, so they reach the success paths, and then ids of
         # their own (unknown, or past PostgreSQL's bigint); invalid ones make up everything.
-        runs = [(GenerationMode.POSITIVE, own_ids)]
+        runs: list[tuple[GenerationMode, dict[str, int] | None]] = [(GenerationMode.POSITIVE, own_ids)]
         if own_ids:
             runs.append((GenerationMode.POSITIVE, None))
         if invalid:
