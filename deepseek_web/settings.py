@@ -27,7 +27,12 @@ from deepseek_web.services.paths import (
     embedded_database_settings,
     embedded_redis_url,
 )
-from deepseek_web.services.secrets_files import audit_hmac_key_path, read_secret, secret_key_path
+from deepseek_web.services.secrets_files import (
+    audit_hmac_key_path,
+    pg_password_path,
+    read_secret,
+    secret_key_path,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -203,13 +208,17 @@ if DATABASE_URL:
     _owner = database_from_url(os.environ.get("DATABASE_OWNER_URL", DATABASE_URL))
     DATABASE_OWNER = {"USER": _owner["USER"], "PASSWORD": _owner["PASSWORD"]}
 else:
+    # The embedded server asks every role for its password (scram-sha-256); ensure_postgres
+    # generates them into the data dir's secrets/ on the first start.
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.postgresql",
-            **embedded_database_settings(DATA_DIR, user=PG_APP_ROLE),
+            **embedded_database_settings(DATA_DIR, user=PG_APP_ROLE,
+                                         password=read_secret(pg_password_path(DATA_DIR, PG_APP_ROLE)) or ""),
         }
     }
-    DATABASE_OWNER = {"USER": PG_OWNER_ROLE, "PASSWORD": ""}
+    DATABASE_OWNER = {"USER": PG_OWNER_ROLE,
+                      "PASSWORD": read_secret(pg_password_path(DATA_DIR, PG_OWNER_ROLE)) or ""}
 # DB_NAME picks another database on the same server (the browser tests point daphne at theirs).
 DATABASES["default"]["NAME"] = env_str("DB_NAME", str(DATABASES["default"]["NAME"]))
 DB_APP_ROLE = str(DATABASES["default"]["USER"])

@@ -26,8 +26,7 @@ from knowledge.selectors import (
     document_get_for_manager,
     documents_of_knowledge_base,
     knowledge_base_get_for_manager,
-    knowledge_bases_for_member,
-    knowledge_bases_of_tenant,
+    knowledge_bases_visible_to,
 )
 from knowledge.services.documents import document_delete, documents_upload
 from tenants.models import Membership
@@ -95,11 +94,7 @@ def _request_manager_membership(request: Request) -> Membership:
 @extend_schema(operation_id="knowledge_base_list", responses={200: KnowledgeBaseSerializer(many=True), **_REFUSALS})
 @api_view(["GET"])
 def knowledge_base_list(request: Request) -> Response:
-    membership = _request_membership(request)
-    if membership.role in MANAGERS:
-        queryset = knowledge_bases_of_tenant(membership.tenant_id)
-    else:
-        queryset = knowledge_bases_for_member(membership)
+    queryset = knowledge_bases_visible_to(_request_membership(request))
     return Response(KnowledgeBaseSerializer(queryset, many=True).data)
 
 
