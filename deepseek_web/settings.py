@@ -152,6 +152,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "rest_framework",
+    "drf_spectacular",
     "axes",
     "tenants",
     "audit",
@@ -163,6 +164,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every error under /api/ and /v1/ in that API's JSON format, whoever answered it.
+    "deepseek_web.api_errors.ApiErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -369,6 +372,20 @@ CONTENT_SECURITY_POLICY = {
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only: the browsable API's HTML is not part of the documented API (and a client that
+    # accepts only HTML gets a 406 in JSON).
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+# The REST API's OpenAPI schema, served at /api/schema/ to signed-in users.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "DeepSeek Web REST API",
+    "DESCRIPTION": "Knowledge bases and their documents. Authenticated by the session cookie; unsafe "
+                   "methods also need the CSRF token in the X-CSRFToken header.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SCHEMA_PATH_PREFIX": "/api/v1",
 }
 
 # Models. MODEL_PATH: a transformers folder; empty means the bundled SmolLM2, converted once
