@@ -1,16 +1,16 @@
 """The chat WebSocket: submit, stop, and relay of numbered token chunks from Redis Streams.
 
 Client -> server frames (JSON):
-  {"type": "submit", "text": "..."}
+  {"type": "submit", "text": "...", "client_id": "..."}   # same client_id again: same turn, no copy
   {"type": "resume", "message_id": 12, "last_seq": 7}   # reconnect: replay what came after 7
   {"type": "stop", "message_id": 12}
 Server -> client frames:
-  {"type": "submitted", "user_html": ..., "reply_html": ..., "message_id": 12, "title": ...}
+  {"type": "submitted", "client_id": ..., "user_html": ..., "reply_html": ..., "message_id": 12, "title": ...}
   {"type": "queued", "message_id": 12, "ahead": 3}      # waiting in fair dispatch: 3 turns start first
   {"type": "chunk", "message_id": 12, "seq": 8, "text": "..."}
   {"type": "reset", "message_id": 12, "seq": 9}
   {"type": "end", "message_id": 12, "seq": 10, "status": "done", "html": ...}
-  {"type": "error", "error": "..."}
+  {"type": "error", "error": "...", "client_id": ...}   # client_id: that submit was refused
 Close codes before accept: 4401 not logged in, 4404 unknown or foreign conversation. After accept:
 4403 the user's access changed (logout, deactivation, role change; see chat/socket_access.py);
 4429 the user or tenant has too many chat sockets open (chat/socket_limits.py), with a reason.
@@ -27,6 +27,7 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth.models import User
+from django.db import DatabaseError
 from django.http import Http404
 from django.template.loader import render_to_string
 
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 MAX_FRAME_CHARS = 64 * 1024
+MAX_SEQ = 2**63
 # How often a waiting turn's queue position is looked up and, when it changed, sent.
 QUEUE_POSITION_INTERVAL_S = 1.0
 
@@ -63,7 +65,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        found = await self._load_conversation(user)
+        # On any pool thread, not channels' one shared thread: a storm of reconnecting tabs must
+        # not queue every handshake behind the others (deepseek_web/websocket_auth.py).
+        found = await database_sync_to_async(self._load_conversation, thread_sensitive=False)(user)
         if found is None:
             # Refused before accept: another tenant's (or unknown) id learns nothing.
             await self.close(code=CLOSE_NOT_FOUND)
@@ -84,7 +88,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
         await self.accept()
 
-    @database_sync_to_async
     def _load_conversation(self, user: Any) -> tuple[Membership, Conversation] | None:
         session = self.scope.get("session")
         with tenant_context(None, user.pk):
@@ -148,6 +151,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except json.JSONDecodeError:
             await self._error("That frame was not valid JSON; it was ignored.")
             return
+        except RecursionError:  # nesting deeper than the parser's stack: refused, the socket stays
+            await self._error("That frame is nested too deeply; it was ignored.")
+            return
         if not isinstance(frame, dict):
             await self._error("A frame must be a JSON object with a \"type\".")
             return
@@ -157,20 +163,28 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         await handler(frame)
 
-    async def _error(self, error: str) -> None:
-        await self.send(text_data=json.dumps({"type": "error", "error": error}))
+    async def _error(self, error: str, *, client_id: str = "") -> None:
+        frame = {"type": "error", "error": error}
+        if client_id:
+            frame["client_id"] = client_id  # the page stops re-sending that submit
+        await self.send(text_data=json.dumps(frame))
 
     # -- submit ---------------------------------------------------------------------------------
 
     async def _submit(self, frame: dict[str, Any]) -> None:
         text = frame.get("text")
+        client_id = frame.get("client_id", "")
+        if not isinstance(client_id, str):
+            client_id = ""
+        client_id = client_id[:services.CLIENT_ID_MAX_CHARS + 1]
         if not isinstance(text, str):
-            await self._error("A message needs text.")
+            await self._error("A message needs text.", client_id=client_id)
             return
         try:
-            user_message, reply = await self._store_turn(text)
+            user_message, reply = await self._store_turn(text, client_id)
         except services.ChatInputError as exc:
-            await self._error(str(exc))
+            # Refused (validation, quota): an error frame, and the socket stays open.
+            await self._error(str(exc), client_id=client_id)
             return
         except Http404:
             await self.close(code=CLOSE_NOT_FOUND)
@@ -179,10 +193,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._error("Your access to this organisation changed; reload the page.")
             await self.close(code=CLOSE_ACCESS_CHANGED)
             return
+        except DatabaseError:
+            # An overloaded or restarting database must not cost the socket (and with it every
+            # answer this page follows): the page keeps the text and may send it again.
+            logger.exception("submit in conversation %s could not be stored", self.conversation.pk)
+            await self._error("Your message could not be stored just now; please send it again.",
+                              client_id=client_id)
+            return
         await self.send(
             text_data=json.dumps(
                 {
                     "type": "submitted",
+                    "client_id": client_id,
                     "message_id": reply.pk,
                     # The first question names a new conversation; the sidebar shows it at once.
                     "title": self.conversation.title,
@@ -191,10 +213,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 }
             )
         )
-        self._start_relay(reply, 0)
+        if not reply.is_final:  # a re-sent submit of a finished turn: reply_html is the answer
+            self._start_relay(reply, 0)
 
     @database_sync_to_async
-    def _store_turn(self, text: str) -> tuple[Message, Message]:
+    def _store_turn(self, text: str, client_id: str) -> tuple[Message, Message]:
         with self._tenant():
             # Access is checked again on every submit: the socket may have outlived it.
             membership = membership_get_exact(self.user, self.membership.tenant_id)
@@ -204,8 +227,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # Re-read the conversation: it may have been deleted in another tab since connect.
             conversation = conversation_get_for_user(self.user, self.membership.tenant, self.conversation.pk)
             self.conversation = conversation
+            # The same client id again (a re-send after a lost confirmation) returns the stored turn.
             return services.message_submit(
-                conversation=conversation, text=text, actor=actor_from_scope(self.scope, self.membership.role)
+                conversation=conversation, text=text, actor=actor_from_scope(self.scope, self.membership.role),
+                client_id=client_id,
             )
 
     @database_sync_to_async
@@ -217,7 +242,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _resume(self, frame: dict[str, Any]) -> None:
         message = await self._message_from_frame(frame)
         last_seq = frame.get("last_seq", 0)
-        if message is None or not isinstance(last_seq, int) or last_seq < 0:
+        # A stream entry's number is a Redis stream id, below 2**64: a larger one broke the relay.
+        if message is None or not isinstance(last_seq, int) or not 0 <= last_seq < MAX_SEQ:
             await self._error("resume needs a message of this conversation and a last_seq >= 0.")
             return
         self._start_relay(message, last_seq)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from audit.services import Actor, audit_record
@@ -160,15 +160,52 @@ def _validate_text(text: str) -> str:
     return text
 
 
+CLIENT_ID_MAX_CHARS = 64
+
+
+def message_find_submitted(*, conversation: Conversation, client_id: str) -> tuple[Message, Message] | None:
+    """The turn a submit with this client id already stored in the conversation, if any."""
+    if not client_id:
+        return None
+    user_message = Message.objects.filter(conversation=conversation, role=Message.Role.USER,
+                                          client_id=client_id).first()
+    if user_message is None:
+        return None
+    reply = Message.objects.filter(reply_to=user_message).order_by("pk").first()
+    return (user_message, reply) if reply is not None else None
+
+
+def message_submit(*, conversation: Conversation, text: str, actor: Actor,
+                   client_id: str = "") -> tuple[Message, Message]:
+    """Stores the user's message and a pending reply, audits, and queues the turn after commit.
+
+    `client_id` (the page makes one per submit) makes a re-sent submit idempotent: when its first
+    copy was stored but the confirmation was lost, the re-send returns that turn, never a second.
+    """
+    if len(client_id) > CLIENT_ID_MAX_CHARS:
+        raise ChatInputError(f"A client id has at most {CLIENT_ID_MAX_CHARS} characters.")
+    existing = message_find_submitted(conversation=conversation, client_id=client_id)
+    if existing is not None:
+        return existing
+    try:
+        return _message_submit_new(conversation=conversation, text=text, actor=actor, client_id=client_id)
+    except IntegrityError:
+        # Two copies raced; the unique (conversation, client_id) let one in. Return that one.
+        existing = message_find_submitted(conversation=conversation, client_id=client_id)
+        if existing is None:
+            raise
+        return existing
+
+
 @transaction.atomic
-def message_submit(*, conversation: Conversation, text: str, actor: Actor) -> tuple[Message, Message]:
-    """Stores the user's message and a pending reply, audits, and queues the turn after commit."""
+def _message_submit_new(*, conversation: Conversation, text: str, actor: Actor,
+                        client_id: str) -> tuple[Message, Message]:
     text = _validate_text(text)
     _check_quotas(conversation)
     _check_in_flight(conversation)
     user_message = Message.objects.create(
         tenant_id=conversation.tenant_id, conversation=conversation,
-        role=Message.Role.USER, content=text, status=Message.Status.DONE,
+        role=Message.Role.USER, content=text, status=Message.Status.DONE, client_id=client_id,
     )
     reply = Message.objects.create(
         tenant_id=conversation.tenant_id, conversation=conversation,

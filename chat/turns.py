@@ -29,7 +29,7 @@ from knowledge.models import KnowledgeBase
 from knowledge.retrieval import Passage
 from knowledge.selectors import knowledge_base_ids_allowed
 from tenants.models import Membership, Tenant
-from tenants.rls import tenant_context
+from tenants.rls import tenant_context, tenant_step
 
 if TYPE_CHECKING:
     from inference.engine import Delta, SamplingParams
@@ -54,13 +54,14 @@ REQUEST_SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_p", "stop")
 def message_generate(*, tenant_id: int, message_id: int) -> None:
     """Runs one turn on the GPU worker: prompt, engine, numbered chunks, final row.
 
-    No transaction stays open while the model writes: each database step is its own short
-    transaction in the tenant's context, so progress is visible to others as it happens.
+    No transaction stays open while the model writes, and no connection is held: each database
+    step is its own short transaction in the tenant's context (`tenant_step`), which gives the
+    connection back to the pool, so hundreds of streaming turns share a few connections.
     """
     from inference import routing, runtime
 
     started = time.monotonic()
-    with tenant_context(tenant_id):
+    with tenant_step(tenant_id):
         message = Message.objects.select_for_update().filter(pk=message_id).first()
         if message is None or message.is_final:
             return  # deleted, cancelled while queued, or already finished
@@ -86,7 +87,7 @@ def message_generate(*, tenant_id: int, message_id: int) -> None:
     message.timings = {**message.timings, **retrieval_timings}
     watch = _TurnWatch(message)
     try:
-        with tenant_context(tenant_id):
+        with tenant_step(tenant_id):
             history = build_chat_messages(assistant_message=message, passages=passages)
             sensitive = _sensitivity_reason(tenant_id=tenant_id, knowledge_base_ids=_turn_knowledge_base_ids(message))
         # The local engine or a remote server (inference.routing); both stream the same Deltas.
@@ -154,7 +155,7 @@ def _finish(message: Message, writer: streams.StreamWriter, status: str, error: 
     """
     message.status = status
     message.error = error
-    with tenant_context(message.tenant_id):
+    with tenant_step(message.tenant_id):
         written = Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING).update(
             status=status, error=error, content=message.content, token_count=message.token_count,
             timings=message.timings, served_by=message.served_by, updated_at=timezone.now(),
@@ -207,7 +208,7 @@ class _TurnWatch:
 
     def _beat(self) -> bool:
         """Touches the row; False when it is no longer this worker's streaming turn."""
-        with tenant_context(self.message.tenant_id):
+        with tenant_step(self.message.tenant_id):
             alive = bool(Message.objects.filter(pk=self.message.pk, status=Message.Status.STREAMING)
                          .update(updated_at=timezone.now()))
         if alive:  # its slot under the tenant's running cap lives as long as the turn (chat.dispatch)
@@ -284,7 +285,7 @@ def _passages_retrieve(message: Message) -> tuple[list[Passage] | None, dict[str
     from knowledge.selectors import embedding_model_id
 
     tenant_id = message.tenant_id
-    with tenant_context(tenant_id):
+    with tenant_step(tenant_id):
         chosen = list(ConversationKnowledgeBase.objects.filter(conversation_id=message.conversation_id)
                       .order_by("knowledge_base_id").values_list("knowledge_base_id", flat=True))
         if not chosen:
@@ -304,7 +305,7 @@ def _passages_retrieve(message: Message) -> tuple[list[Passage] | None, dict[str
     t0 = time.monotonic()
     embedding = runtime.get_embedder().embed([question])[0]
     embed_ms = (time.monotonic() - t0) * 1000
-    with tenant_context(tenant_id):
+    with tenant_step(tenant_id):
         passages = retrieve(tenant_id=tenant_id, knowledge_base_ids=sorted(allowed), query=question,
                             embedding=embedding, model=embedding_model_id())
         citations = [

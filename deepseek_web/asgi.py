@@ -11,20 +11,20 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "deepseek_web.settings")
 # Django must be set up before the consumers (and their models) are imported.
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware  # noqa: E402
 
 from chat.websocket_urls import websocket_urlpatterns  # noqa: E402
+from deepseek_web.websocket_auth import ConcurrentAuthMiddlewareStack  # noqa: E402
 from deepseek_web.websocket_origin import SameOriginValidator  # noqa: E402
 
 router = ProtocolTypeRouter(
     {
         "http": ASGIStaticFilesHandler(django_asgi_app) if settings.SERVE_STATIC else django_asgi_app,
         # Before authentication: a socket from another origin is refused before anything runs.
-        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": SameOriginValidator(ConcurrentAuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
 

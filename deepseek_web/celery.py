@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+import logging
 import os
 
 from celery import Celery
-from celery.signals import celeryd_init, worker_ready, worker_shutdown
+from celery.signals import celeryd_init, worker_init, worker_ready, worker_shutdown
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "deepseek_web.settings")
 
 # Set by the gpu worker once its models are loaded; `./dsw run` waits for it before "ready".
 GPU_READY_KEY = "dsw:worker:gpu:ready"
+
+logger = logging.getLogger(__name__)
 
 app = Celery("deepseek_web")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -36,6 +39,19 @@ def _configure_gpu_worker(sender: object, options: dict[str, object] | None = No
         from inference.runtime import apply_cuda_alloc_conf
 
         apply_cuda_alloc_conf()
+
+
+@worker_init.connect
+def _check_database_capacity(sender: object, **_: object) -> None:
+    # A worker started on its own (production) is checked too: its threads against the server's
+    # connection slots. It only warns: the other processes sharing the server are unknown here.
+    concurrency = getattr(sender, "concurrency", None)
+    if isinstance(concurrency, int):
+        from deepseek_web.cli import worker_capacity_warning
+
+        warning = worker_capacity_warning(concurrency)
+        if warning:
+            logger.warning(warning)
 
 
 @worker_ready.connect

@@ -95,6 +95,86 @@ def prepare_database() -> None:
     log("database migrated")
 
 
+class DatabaseCapacityError(RuntimeError):
+    """The processes `run` would start need more PostgreSQL connections than the server allows."""
+
+
+def connections_needed(threads: int, pool_max_size: int) -> int:
+    """Connections one process may hold at once: its threads, or fewer with a pool (they wait for one)."""
+    return min(threads, pool_max_size) if pool_max_size > 0 else threads
+
+
+def database_capacity_check(*, processes: dict[str, int], pool_max_size: int, max_connections: int,
+                            reserved: int) -> str:
+    """Checks the processes' threads (name -> thread count) against PostgreSQL's connection limit.
+
+    Returns the summary to log; raises DatabaseCapacityError, naming the settings to change, when
+    the worst case does not fit. Without this check the shortfall shows only under load, as turns
+    failing with "remaining connection slots are reserved" (issue 12, finding 16).
+    """
+    needs = {name: connections_needed(threads, pool_max_size) for name, threads in processes.items()}
+    # One more for this process (migrations, seeding) and one for an operator's psql.
+    needed = sum(needs.values()) + 2
+    available = max_connections - reserved
+    detail = ", ".join(f"{name} {n}" for name, n in needs.items())
+    summary = (f"database connections: up to {needed} needed ({detail}, +2 spare) of {available} available "
+               f"(max_connections {max_connections} - {reserved} reserved)")
+    if needed > available:
+        pooling = (f"DB_POOL_MAX_SIZE={pool_max_size} per process" if pool_max_size > 0
+                   else "one connection per thread (DB_POOL_MAX_SIZE=0)")
+        raise DatabaseCapacityError(
+            f"{summary}: refusing to start. With {pooling}, lower GPU_CONCURRENCY or DB_POOL_MAX_SIZE, "
+            "or raise PostgreSQL's max_connections."
+        )
+    return summary
+
+
+def database_limits() -> tuple[int, int]:
+    """PostgreSQL's max_connections and the slots it keeps from the application role."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name, setting FROM pg_settings WHERE name IN "
+                       "('max_connections', 'superuser_reserved_connections', 'reserved_connections')")
+        values = {name: int(setting) for name, setting in cursor.fetchall()}
+    return values["max_connections"], values.get("superuser_reserved_connections", 0) + values.get(
+        "reserved_connections", 0)
+
+
+def worker_capacity_warning(threads: int) -> str:
+    """What a Celery worker with this many threads logs at start when it alone could take more
+    connections than the server has free; "" when it fits or the server cannot be asked."""
+    from django.conf import settings
+    from django.db import DatabaseError, connection
+
+    try:
+        max_connections, reserved = database_limits()
+        database_capacity_check(processes={"this worker": threads}, pool_max_size=settings.DB_POOL_MAX_SIZE,
+                                max_connections=max_connections, reserved=reserved)
+    except DatabaseCapacityError as exc:
+        return str(exc)
+    except DatabaseError:
+        return ""  # the database is down: the worker's tasks will say so
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()  # the worker's threads take their own; this one goes back
+    return ""
+
+
+def check_database_capacity(gpu_concurrency: int) -> None:
+    """`database_capacity_check` for the processes `run` starts, against the server's real limits."""
+    from django.conf import settings
+
+    max_connections, reserved = database_limits()
+    # daphne runs its database work on asgiref's executor threads; the ingest worker forks 2
+    # processes of one thread each; beat uses one.
+    web_threads = min(32, (os.cpu_count() or 1) + 4)
+    log(database_capacity_check(
+        processes={"web": web_threads, "gpu": gpu_concurrency, "ingest-1": 1, "ingest-2": 1, "beat": 1},
+        pool_max_size=settings.DB_POOL_MAX_SIZE, max_connections=max_connections, reserved=reserved,
+    ))
+
+
 def prepare_model() -> None:
     from django.conf import settings
 
@@ -142,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
         from knowledge.services.knowledge_bases import demo_knowledge_seed
         from tenants.models import Tenant
 
+        check_database_capacity(args.gpu_concurrency)
         logins = demo_tenant_seed()
         demo_knowledge_seed(tenant=Tenant.objects.get(slug="demo"))
         prepare_model()
@@ -178,6 +259,9 @@ def run(args: argparse.Namespace) -> int:
         return wait_children(children)
     except KeyboardInterrupt:
         return 0
+    except DatabaseCapacityError as exc:
+        log(str(exc))
+        return 2
     finally:
         stop_children(children)
         stop_services(started)

@@ -21,7 +21,14 @@ def _shared(name: str, **options: float) -> redis.Redis:
     with _lock:
         client = _clients.get(name)
         if client is None:
-            client = _clients[name] = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True, **options)
+            # Blocking: redis-py 8 caps a pool at 100 connections and fails the 101st command at
+            # once; a worker with hundreds of threads (one per streaming turn) then lost turns to
+            # "Too many connections". Threads wait for a connection instead (commands are short).
+            pool = redis.BlockingConnectionPool.from_url(
+                settings.REDIS_URL, decode_responses=True, max_connections=settings.REDIS_POOL_MAX_SIZE,
+                timeout=settings.REDIS_POOL_TIMEOUT_S, **options,
+            )
+            client = _clients[name] = redis.Redis(connection_pool=pool)
         return client
 
 

@@ -27,7 +27,12 @@ from deepseek_web.services.paths import (
     embedded_database_settings,
     embedded_redis_url,
 )
-from deepseek_web.services.secrets_files import audit_hmac_key_path, read_secret, secret_key_path
+from deepseek_web.services.secrets_files import (
+    audit_hmac_key_path,
+    pg_password_path,
+    read_secret,
+    secret_key_path,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -147,6 +152,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "rest_framework",
+    "drf_spectacular",
     "axes",
     "tenants",
     "audit",
@@ -158,6 +164,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every error under /api/ and /v1/ in that API's JSON format, whoever answered it.
+    "deepseek_web.api_errors.ApiErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -200,29 +208,56 @@ if DATABASE_URL:
     _owner = database_from_url(os.environ.get("DATABASE_OWNER_URL", DATABASE_URL))
     DATABASE_OWNER = {"USER": _owner["USER"], "PASSWORD": _owner["PASSWORD"]}
 else:
+    # The embedded server asks every role for its password (scram-sha-256); ensure_postgres
+    # generates them into the data dir's secrets/ on the first start.
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.postgresql",
-            **embedded_database_settings(DATA_DIR, user=PG_APP_ROLE),
+            **embedded_database_settings(DATA_DIR, user=PG_APP_ROLE,
+                                         password=read_secret(pg_password_path(DATA_DIR, PG_APP_ROLE)) or ""),
         }
     }
-    DATABASE_OWNER = {"USER": PG_OWNER_ROLE, "PASSWORD": ""}
+    DATABASE_OWNER = {"USER": PG_OWNER_ROLE,
+                      "PASSWORD": read_secret(pg_password_path(DATA_DIR, PG_OWNER_ROLE)) or ""}
 # DB_NAME picks another database on the same server (the browser tests point daphne at theirs).
 DATABASES["default"]["NAME"] = env_str("DB_NAME", str(DATABASES["default"]["NAME"]))
 DB_APP_ROLE = str(DATABASES["default"]["USER"])
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# A connection pool per process (psycopg_pool, through Django): each database step takes a
+# connection and gives it back, so hundreds of worker threads and daphne's handshakes share a few
+# connections instead of holding one each (a turn never holds one while it streams: see
+# tenants.rls.tenant_step). DB_POOL_MAX_SIZE=0 turns pooling off (then CONN_MAX_AGE applies).
+# `./dsw run` checks the processes' sum against PostgreSQL's max_connections (cli.database_capacity_check).
+DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 10)
+# How long a step waits for a free pooled connection before it fails with a clear error.
+DB_POOL_TIMEOUT_S = env_int("DB_POOL_TIMEOUT_S", 30)
+if DB_POOL_MAX_SIZE > 0:
+    if DATABASES["default"]["CONN_MAX_AGE"]:
+        raise ImproperlyConfigured("CONN_MAX_AGE must be 0 with a connection pool (set DB_POOL_MAX_SIZE=0 to keep "
+                                   "persistent connections instead)")
+    DATABASES["default"]["OPTIONS"] = {
+        **dict(DATABASES["default"].get("OPTIONS") or {}),  # type: ignore[call-overload]  # an OPTIONS dict
+        "pool": {"min_size": 1, "max_size": DB_POOL_MAX_SIZE, "timeout": DB_POOL_TIMEOUT_S},
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # DSW_REDIS_DB picks another logical database on the embedded server (the test command uses 1).
 REDIS_URL = os.environ.get("REDIS_URL") or embedded_redis_url(DATA_DIR, env_int("DSW_REDIS_DB", 0))
+
+# The process-wide Redis clients (deepseek_web.redis_client): threads beyond the pool's size wait
+# up to the timeout for a connection rather than fail.
+REDIS_POOL_MAX_SIZE = env_int("REDIS_POOL_MAX_SIZE", 64)
+REDIS_POOL_TIMEOUT_S = env_int("REDIS_POOL_TIMEOUT_S", 20)
 
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # redis-py 8 defaults to a 5 s socket timeout, which races channels_redis' own 5 s
         # blocking pops: give blocking reads room.
-        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+        # redis-py 8 also caps a pool at 100 connections, failing the next command: a storm of
+        # handshakes (each one a group_add) needs more at once.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 2000}]},
     }
 }
 
@@ -337,6 +372,20 @@ CONTENT_SECURITY_POLICY = {
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only: the browsable API's HTML is not part of the documented API (and a client that
+    # accepts only HTML gets a 406 in JSON).
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+# The REST API's OpenAPI schema, served at /api/schema/ to signed-in users.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "DeepSeek Web REST API",
+    "DESCRIPTION": "Knowledge bases and their documents. Authenticated by the session cookie; unsafe "
+                   "methods also need the CSRF token in the X-CSRFToken header.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SCHEMA_PATH_PREFIX": "/api/v1",
 }
 
 # Models. MODEL_PATH: a transformers folder; empty means the bundled SmolLM2, converted once

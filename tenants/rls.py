@@ -62,10 +62,32 @@ def tenant_context(tenant_id: int | None, user_id: int | None = None) -> Iterato
                            list(previous))
 
 
+@contextmanager
+def tenant_step(tenant_id: int | None, user_id: int | None = None) -> Iterator[None]:
+    """`tenant_context` for one short step of long-running work, which then gives its connection back.
+
+    A chat turn streams for minutes between its database steps; a thread that kept its connection
+    across them would need one connection per running turn, and PostgreSQL refuses them long before
+    the worker runs out of threads. After the step the connection goes back to the pool (or is
+    closed, without one). Inside an outer transaction (a test's, a caller's) it is left alone.
+    """
+    try:
+        with tenant_context(tenant_id, user_id):
+            yield
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()
+
+
 def current_tenant_setting() -> str:
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('app.tenant_id', true)")
         return cursor.fetchone()[0] or ""
+
+
+def connect_options(config: Any) -> dict[str, Any]:
+    """A DATABASES entry's OPTIONS as psycopg.connect takes them: Django's own `pool` key left out."""
+    return {k: v for k, v in dict(config.get("OPTIONS") or {}).items() if k != "pool"}
 
 
 @contextmanager
@@ -81,7 +103,7 @@ def owner_connection(tenant_id: int | None = None) -> Iterator[Any]:
     with psycopg.connect(host=config["HOST"] or None, port=config["PORT"] or None, dbname=config["NAME"],
                          user=str(settings.DATABASE_OWNER["USER"]),
                          password=str(settings.DATABASE_OWNER["PASSWORD"]) or None,
-                         autocommit=True, **config.get("OPTIONS", {})) as conn:
+                         autocommit=True, **connect_options(config)) as conn:
         if tenant_id is not None:
             conn.execute("SELECT set_config('app.tenant_id', %s, false)", [str(tenant_id)])
         yield conn
@@ -92,10 +114,21 @@ def as_owner(alias: str = "default") -> Iterator[Any]:
     """Reconnects `alias` as the owner role for schema work (migrate, flush), then back."""
     conn = connections[alias]
     saved = {key: conn.settings_dict.get(key) for key in settings.DATABASE_OWNER}
+    # A pool keeps the role it was opened with: drop it on each switch, so the owner's connections
+    # never serve the app role afterwards (nor the app role's the schema work).
     conn.close()
+    _close_pool(conn)
     conn.settings_dict.update(settings.DATABASE_OWNER)
     try:
         yield conn
     finally:
         conn.close()
+        _close_pool(conn)
         conn.settings_dict.update(saved)
+
+
+def _close_pool(conn: Any) -> None:
+    # Only PostgreSQL's (and Oracle's) wrappers have a pool; the base class has no close_pool.
+    close_pool = getattr(conn, "close_pool", None)
+    if close_pool is not None:
+        close_pool()

@@ -78,6 +78,49 @@ def gpu_worker(asgi_server: str) -> Iterator[Any]:
     runtime.shutdown()
 
 
+# The stand-in engine's answer (`t1 t2 ... t20`, in a second) and the threads of the worker that
+# routes to it: more than the concurrent turns of tests/test_capacity.py.
+STANDIN_TOKENS = 20
+STREAM_WORKER_THREADS = 110
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def standin() -> Iterator[str]:
+    """The shipped stand-in engine, as a load test runs it: its own process, a real socket."""
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "inference.standin", "--port", str(port),
+                                "--tokens", str(STANDIN_TOKENS), "--tokens-per-s", "20"], cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("the stand-in did not start")
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}/v1"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def stream_worker(asgi_server: str, standin: str, settings: Any) -> Iterator[Any]:
+    """A `gpu` worker with more threads than the turns, routing every turn to the stand-in."""
+    from celery.contrib.testing.worker import start_worker
+
+    from deepseek_web.celery import app
+
+    settings.INFERENCE_BACKENDS = [{"name": "standin", "base_url": standin, "model": "standin", "retries": 0}]
+    with start_worker(app, pool="threads", concurrency=STREAM_WORKER_THREADS, queues=["gpu"], perform_ping_check=False,
+                      loglevel="WARNING", shutdown_timeout=30) as worker:
+        yield worker
+
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     if not os.path.exists(CHROMIUM):

@@ -33,6 +33,8 @@ _POLL_S = 0.1
 _BODY_CHARS = 300
 # Statuses worth another attempt: the server is overloaded, restarting, or rate-limiting us.
 _RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# Connections to one server: unbounded, with enough kept alive for a busy worker (see `client`).
+CLIENT_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=64)
 
 
 class BackendConfigError(ValueError):
@@ -150,7 +152,11 @@ class RemoteServer:
                 headers = {"Accept": "text/event-stream"}
                 if self.config.api_key:
                     headers["Authorization"] = f"Bearer {self.config.api_key}"
-                self._client = httpx.Client(timeout=self._timeout, headers=headers, follow_redirects=False)
+                # No cap on connections: each running turn holds one stream for its whole answer, and
+                # httpx's default of 100 would queue the 101st turn behind the others (in the pool
+                # wait, then failing as a connect timeout). The worker's thread count bounds them.
+                self._client = httpx.Client(timeout=self._timeout, headers=headers, follow_redirects=False,
+                                            limits=CLIENT_LIMITS)
             return self._client
 
     def close(self) -> None:

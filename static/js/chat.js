@@ -14,8 +14,26 @@
 
   const lastSeq = new Map(); // message id -> last chunk number received
   let socket = null;
-  let retryDelay = 500;
+  // Reconnects back off exponentially with full jitter (a random wait up to the cap of this
+  // attempt): a server restart must not see every open tab come back in the same instant.
+  const RETRY_BASE_MS = 500;
+  const RETRY_CAP_MS = 30000;
+  let retryAttempt = 0;
   let activeId = null; // the assistant message currently being written
+  // The submit sent but not yet confirmed: re-sent with the same client id after a reconnect,
+  // so a confirmation lost with the socket is recovered, and the server never stores it twice.
+  let pendingSubmit = null;
+
+  function newClientId() {
+    if (window.crypto && window.crypto.randomUUID) return window.crypto.randomUUID();
+    return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2);
+  }
+
+  function retryDelay() {
+    const cap = Math.min(RETRY_CAP_MS, RETRY_BASE_MS * Math.pow(2, retryAttempt));
+    retryAttempt = Math.min(retryAttempt + 1, 16);
+    return Math.random() * cap;
+  }
 
   function wsUrl() {
     const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
@@ -46,8 +64,9 @@
   function connect() {
     socket = new WebSocket(wsUrl());
     socket.addEventListener("open", function () {
-      retryDelay = 500;
+      retryAttempt = 0;
       connStatus.textContent = "";
+      if (pendingSubmit) send(pendingSubmit);
       // Resume every unfinished answer from the last chunk we saw (0 after a page load).
       openMessages().forEach(function (el) {
         const id = Number(el.dataset.messageId);
@@ -70,8 +89,7 @@
         return;
       }
       connStatus.textContent = "Connection lost, reconnecting…";
-      setTimeout(connect, retryDelay);
-      retryDelay = Math.min(retryDelay * 2, 8000);
+      setTimeout(connect, retryDelay());
     });
   }
 
@@ -92,15 +110,21 @@
   function handle(frame) {
     switch (frame.type) {
       case "submitted": {
+        if (pendingSubmit && frame.client_id === pendingSubmit.client_id) {
+          pendingSubmit = null;
+          prompt.value = "";
+        }
+        if (document.getElementById("msg-" + frame.message_id)) break; // already shown
         const hint = document.getElementById("empty-hint");
         if (hint) hint.remove();
-        prompt.value = "";
         const title = document.querySelector(".conv.active .conv-title");
         if (title && frame.title) title.textContent = frame.title;
         messages.appendChild(fromHtml(frame.user_html));
-        messages.appendChild(fromHtml(frame.reply_html));
+        const reply = fromHtml(frame.reply_html);
+        messages.appendChild(reply);
         lastSeq.set(frame.message_id, 0);
-        setActive(frame.message_id);
+        const open = reply.dataset.status === "pending" || reply.dataset.status === "streaming";
+        if (open) setActive(frame.message_id);
         messages.scrollTop = messages.scrollHeight;
         break;
       }
@@ -143,6 +167,8 @@
         break;
       }
       case "error":
+        // A refused submit is not re-sent; its text stays in the box.
+        if (pendingSubmit && frame.client_id === pendingSubmit.client_id) pendingSubmit = null;
         showError(frame.error);
         break;
     }
@@ -157,7 +183,8 @@
     }
     showError("");
     // The text stays in the box until the server confirms it stored the message.
-    send({ type: "submit", text: text });
+    pendingSubmit = { type: "submit", text: text, client_id: newClientId() };
+    send(pendingSubmit);
   });
 
   prompt.addEventListener("keydown", function (event) {
