@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
            "CHAT_MAX_NEW_TOKENS": str(args.max_new_tokens), "DB_NAME": "deepseek_web"}
     env.pop("DATABASE_URL", None)
     env.pop("REDIS_URL", None)
+    # The bundled model is converted once, into the project's own data dir, not per drill.
+    env.setdefault("MODELS_DIR", str(ROOT / "var" / "models"))
     if args.model_path:
         env["MODEL_PATH"] = args.model_path
     # This process talks to the same database and Redis as the run it starts.
@@ -276,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "deepseek_web.settings")
 
+    def on_term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # stop the run (and the services it started) on the way out
+
+    signal.signal(signal.SIGTERM, on_term)
     report = Report()
     run = RunProcess(env, _free_port(), args.verbose)
     try:

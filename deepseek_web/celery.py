@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from celery import Celery
 from celery.signals import celeryd_init, worker_ready, worker_shutdown
@@ -41,8 +42,12 @@ def _configure_gpu_worker(sender: object, options: dict[str, object] | None = No
     # celeryd_init fires before Django setup and task imports, so before anything imports torch,
     # whose CUDA allocator reads PYTORCH_CUDA_ALLOC_CONF only once, when it starts.
     if _consumes_gpu((options or {}).get("queues")):
-        pool = (options or {}).get("pool_cls") or app.conf.worker_pool
-        pool_name = pool if isinstance(pool, str) else getattr(pool, "__module__", "").rsplit(".", 1)[-1]
+        from celery.concurrency import get_implementation
+
+        # -P arrives as a name or, through Celery's CLI, as the pool class itself.
+        chosen: Any = (options or {}).get("pool_cls") or app.conf.worker_pool
+        pool = get_implementation(chosen)
+        pool_name = {"thread": "threads"}.get(pool.__module__.rsplit(".", 1)[-1], pool.__module__.rsplit(".", 1)[-1])
         if pool_name not in GPU_POOLS:
             sys.stderr.write(f"The gpu queue's worker must run with -P threads or -P solo, not {pool_name!r}: "
                              "the engine lives in the worker's own process.\n")

@@ -109,8 +109,9 @@ def prepare_model() -> None:
     log(f"bundled chat model ready in {time.monotonic() - t0:.1f} s: {path}")
 
 
-def wait_ready(url: str, timeout: float) -> bool:
-    """Waits until daphne answers and the gpu worker has loaded its models."""
+def wait_ready(url: str, timeout: float, supervisor: Supervisor) -> bool:
+    """Waits until daphne answers and the gpu worker has loaded its models, supervising meanwhile
+    (a worker that dies while it loads is started again)."""
     import urllib.request
 
     from deepseek_web.redis_client import sync_client
@@ -127,12 +128,18 @@ def wait_ready(url: str, timeout: float) -> bool:
         worker = worker or bool(sync_client().exists(GPU_READY_KEY))
         if web and worker:
             return True
+        supervisor.tick()
         time.sleep(0.25)
     return False
 
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM while starting up: stop what was started, in order
+
+    signal.signal(signal.SIGTERM, on_term)
     ensure_keys()
     started = start_services()
     supervisor = Supervisor()
@@ -169,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
             supervisor.add(name, command)
 
         url = f"http://{'localhost' if args.host in ('127.0.0.1', '0.0.0.0') else args.host}:{port}/"
-        ready = wait_ready(url, timeout=600)
+        ready = wait_ready(url, timeout=600, supervisor=supervisor)
         elapsed = time.monotonic() - t0
         print()
         print(f"  DeepSeek Web is {'ready' if ready else 'starting (the model worker is still loading)'}"
