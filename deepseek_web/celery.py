@@ -45,7 +45,7 @@ def _configure_gpu_worker(sender: object, options: dict[str, object] | None = No
         from celery.concurrency import get_implementation
 
         # -P arrives as a name or, through Celery's CLI, as the pool class itself.
-        chosen: Any = (options or {}).get("pool_cls") or app.conf.worker_pool
+        chosen: Any = (options or {}).get("pool") or (options or {}).get("pool_cls") or app.conf.worker_pool
         pool = get_implementation(chosen)
         pool_name = {"thread": "threads"}.get(pool.__module__.rsplit(".", 1)[-1], pool.__module__.rsplit(".", 1)[-1])
         if pool_name not in GPU_POOLS:
