@@ -190,8 +190,11 @@ class Drill:
                 duplicates += 1
             if row.status == Message.Status.DONE and not row.content:
                 lost += 1
+        from tenants.rls import tenant_context
+
         questions = {q for q, r in self.asked if r in rows}
-        stored = set(Message.objects.filter(pk__in=questions).values_list("pk", flat=True)) if questions else set()
+        with tenant_context(self.tenant.pk):
+            stored = set(Message.objects.filter(pk__in=questions).values_list("pk", flat=True))
         lost += len(questions - stored)
         return duplicates, lost
 
@@ -223,6 +226,9 @@ class Drill:
             stop(self.data)
             time.sleep(outage_s)
             start(self.data)
+            from django.db import connection
+
+            connection.close()  # this process's own connection died with the server
             next_id = self.submit()
             ids.append(next_id)
         seen, rows = self.wait_final(ids, t0)

@@ -143,7 +143,7 @@ def fault_drill() -> dict[str, Any]:
 
     result = subprocess.run(
         [sys.executable, "bench/fault_drill.py", "--kills", "1", "--redis-restarts", "1", "--pg-restarts", "1",
-         "--outage-s", "5", "--max-new-tokens", "64", "--json"],
+         "--outage-s", "5", "--max-new-tokens", "24", "--turns-per-fault", "2", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     lines = result.stdout.strip().splitlines()
