@@ -81,7 +81,9 @@ def django_db_setup(
     if not os.environ.get("DATABASE_URL"):
         ensure_roles(data_dir())
     with django_db_blocker.unblock(), as_owner():  # type: ignore[attr-defined]
-        config = setup_databases(verbosity=0, interactive=False, aliases={"default"}, serialized_aliases=set())
+        # django-stubs 6.1 types `aliases` as a Mapping; Django only asks `alias in aliases`.
+        config = setup_databases(verbosity=0, interactive=False, aliases={"default"},  # type: ignore[arg-type]
+                                 serialized_aliases=set())
     yield
     with django_db_blocker.unblock(), as_owner():  # type: ignore[attr-defined]
         try:

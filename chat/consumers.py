@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 MAX_FRAME_CHARS = 64 * 1024
+MAX_SEQ = 2**63
 
 
 class AccessChanged(Exception):
@@ -116,6 +117,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except json.JSONDecodeError:
             await self._error("That frame was not valid JSON; it was ignored.")
             return
+        except RecursionError:  # nesting deeper than the parser's stack: refused, the socket stays
+            await self._error("That frame is nested too deeply; it was ignored.")
+            return
         if not isinstance(frame, dict):
             await self._error("A frame must be a JSON object with a \"type\".")
             return
@@ -185,7 +189,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _resume(self, frame: dict[str, Any]) -> None:
         message = await self._message_from_frame(frame)
         last_seq = frame.get("last_seq", 0)
-        if message is None or not isinstance(last_seq, int) or last_seq < 0:
+        # A stream entry's number is a Redis stream id, below 2**64: a larger one broke the relay.
+        if message is None or not isinstance(last_seq, int) or not 0 <= last_seq < MAX_SEQ:
             await self._error("resume needs a message of this conversation and a last_seq >= 0.")
             return
         self._start_relay(message, last_seq)

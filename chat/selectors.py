@@ -44,5 +44,6 @@ def message_list(*, conversation: Conversation) -> QuerySet[Message]:
 def message_get_in_conversation(conversation: Conversation, message_id: int | str) -> Message:
     try:
         return conversation.messages.get(pk=int(message_id))
-    except (Message.DoesNotExist, ValueError, TypeError):
+    # OverflowError: a JSON frame may carry Infinity, which int() refuses so.
+    except (Message.DoesNotExist, ValueError, TypeError, OverflowError):
         raise Http404("No such message.") from None

@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         port = free_port(args.port)
         python = sys.executable
         commands = {
-            "web": [python, "-m", "daphne", "-b", args.host, "-p", str(port), "deepseek_web.asgi:application"],
+            "web": [python, "-m", "deepseek_web.web_server", "-b", args.host, "-p", str(port), "deepseek_web.asgi:application"],
             # Threads, not processes: every concurrent turn shares the one engine (and its
             # continuous batch) held by this process.
             "gpu": [python, "-m", "celery", "-A", "deepseek_web", "worker", "-Q", "gpu", "-P", "threads",

@@ -27,7 +27,12 @@ from deepseek_web.services.paths import (
     embedded_database_settings,
     embedded_redis_url,
 )
-from deepseek_web.services.secrets_files import audit_hmac_key_path, read_secret, secret_key_path
+from deepseek_web.services.secrets_files import (
+    audit_hmac_key_path,
+    pg_password_path,
+    read_secret,
+    secret_key_path,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -147,6 +152,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "rest_framework",
+    "drf_spectacular",
     "axes",
     "tenants",
     "audit",
@@ -158,6 +164,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every error under /api/ and /v1/ in that API's JSON format, whoever answered it.
+    "deepseek_web.api_errors.ApiErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -200,13 +208,17 @@ if DATABASE_URL:
     _owner = database_from_url(os.environ.get("DATABASE_OWNER_URL", DATABASE_URL))
     DATABASE_OWNER = {"USER": _owner["USER"], "PASSWORD": _owner["PASSWORD"]}
 else:
+    # The embedded server asks every role for its password (scram-sha-256); ensure_postgres
+    # generates them into the data dir's secrets/ on the first start.
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.postgresql",
-            **embedded_database_settings(DATA_DIR, user=PG_APP_ROLE),
+            **embedded_database_settings(DATA_DIR, user=PG_APP_ROLE,
+                                         password=read_secret(pg_password_path(DATA_DIR, PG_APP_ROLE)) or ""),
         }
     }
-    DATABASE_OWNER = {"USER": PG_OWNER_ROLE, "PASSWORD": ""}
+    DATABASE_OWNER = {"USER": PG_OWNER_ROLE,
+                      "PASSWORD": read_secret(pg_password_path(DATA_DIR, PG_OWNER_ROLE)) or ""}
 # DB_NAME picks another database on the same server (the browser tests point daphne at theirs).
 DATABASES["default"]["NAME"] = env_str("DB_NAME", str(DATABASES["default"]["NAME"]))
 DB_APP_ROLE = str(DATABASES["default"]["USER"])
@@ -285,7 +297,12 @@ AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = env_int("LOGIN_LOCKOUT_HOURS", 1)
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked.html"
-AXES_IPWARE_PROXY_COUNT = env_int("PROXY_COUNT", 0)
+# The client address is REMOTE_ADDR, which asgi.py takes from X-Forwarded-For only when the
+# connection comes from one of TRUSTED_PROXIES: a header any client can send is never read here.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+# Addresses or networks of the reverse proxies in front of daphne (comma-separated), whose
+# X-Forwarded-For and X-Forwarded-Proto are believed. Empty: none, daphne faces the clients.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:home"
@@ -336,6 +353,20 @@ CONTENT_SECURITY_POLICY = {
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only: the browsable API's HTML is not part of the documented API (and a client that
+    # accepts only HTML gets a 406 in JSON).
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+# The REST API's OpenAPI schema, served at /api/schema/ to signed-in users.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "DeepSeek Web REST API",
+    "DESCRIPTION": "Knowledge bases and their documents. Authenticated by the session cookie; unsafe "
+                   "methods also need the CSRF token in the X-CSRFToken header.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SCHEMA_PATH_PREFIX": "/api/v1",
 }
 
 # Models. MODEL_PATH: a transformers folder; empty means the bundled SmolLM2, converted once
@@ -386,6 +417,22 @@ KNOWLEDGE_EMBED_BATCH = env_int("KNOWLEDGE_EMBED_BATCH", 128)
 KNOWLEDGE_FOLDER_ROOTS = [Path(p) for p in env_str("KNOWLEDGE_FOLDER_ROOTS", "").split(":") if p]
 # URL sources may fetch intranet addresses only when allowed (server-side request forgery).
 KNOWLEDGE_URL_ALLOW_PRIVATE = env_bool("KNOWLEDGE_URL_ALLOW_PRIVATE", False)
+# Networks URL sources may fetch although they are not public (comma-separated CIDRs), e.g. an
+# intranet wiki's 10.1.0.0/16; KNOWLEDGE_URL_ALLOW_PRIVATE=1 allows every address.
+KNOWLEDGE_URL_ALLOWED_NETWORKS = env_list("KNOWLEDGE_URL_ALLOWED_NETWORKS", [])
+# The DNS servers URL sources are resolved with (comma-separated IPs, optional :port); empty: the
+# system's. The tests point it at their own rebinding resolver.
+KNOWLEDGE_URL_NAMESERVERS = env_list("KNOWLEDGE_URL_NAMESERVERS", [])
+
+# Request bodies, capped by deepseek_web.web_server before anything parses them (413 above the
+# limit). The default is Django's own DATA_UPLOAD_MAX_MEMORY_SIZE; uploads get one file of
+# KNOWLEDGE_MAX_FILE_MB plus room for the form around it.
+REQUEST_MAX_BODY_BYTES = env_int("REQUEST_MAX_BODY_BYTES", 2_621_440)
+REQUEST_UPLOAD_MAX_BODY_BYTES = env_int("REQUEST_UPLOAD_MAX_BODY_BYTES", (KNOWLEDGE_MAX_FILE_MB + 4) * 1024 * 1024)
+# Regular expressions of the paths that take uploads.
+REQUEST_UPLOAD_PATHS = env_list("REQUEST_UPLOAD_PATHS", [r"^/knowledge/\d+/upload/$",
+                                                         r"^/api/v1/knowledge-bases/\d+/documents/$"])
+
 # A document stuck in one step this long (its worker died) is failed with a reason.
 KNOWLEDGE_STALE_S = env_int("KNOWLEDGE_STALE_S", 900)
 # Retrieval: candidates from each search, passages put in the prompt, HNSW search breadth.

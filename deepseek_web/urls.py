@@ -19,6 +19,7 @@ urlpatterns = [
     path("settings/api-keys/", include("openai_api.urls")),
     path("settings/", include("console.urls")),
     path("knowledge/", include("knowledge.urls")),
+    path("api/schema/", views.api_schema, name="api_schema"),
     path("api/v1/", include("knowledge.api_urls")),
     # The OpenAI-compatible API, at the path OpenAI clients expect under a base URL.
     path("v1/", include("openai_api.v1_urls")),

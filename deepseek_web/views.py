@@ -1,8 +1,12 @@
+"""Project-wide views: the health check and the REST API's OpenAPI schema."""
+
 from __future__ import annotations
 
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.common import no_append_slash
 from django.views.decorators.http import require_GET
+from drf_spectacular.views import SpectacularAPIView
 
 from deepseek_web.redis_client import sync_client
 
@@ -23,3 +27,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
         checks["redis"] = f"error: {type(exc).__name__}"
     healthy = all(v == "ok" for v in checks.values())
     return JsonResponse({"status": "ok" if healthy else "degraded", **checks}, status=200 if healthy else 503)
+
+
+# The REST API's OpenAPI 3 schema (drf-spectacular), for signed-in users only (SPECTACULAR_SETTINGS).
+api_schema = no_append_slash(SpectacularAPIView.as_view())

@@ -1,7 +1,8 @@
 """REST API for knowledge bases: list them, upload documents, follow their status, delete them.
 
 Same services and the same access rules as the pages; the tenant middleware has already put the
-request in its tenant's database context.
+request in its tenant's database context. The paths are exact (`no_append_slash`): a path without
+its slash gets a 404 in JSON, not a redirect that drops the body (or, with DEBUG on, a 500 page).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import Http404
+from django.views.decorators.common import no_append_slash
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes
 from rest_framework.exceptions import PermissionDenied
@@ -23,8 +26,7 @@ from knowledge.selectors import (
     document_get_for_manager,
     documents_of_knowledge_base,
     knowledge_base_get_for_manager,
-    knowledge_bases_for_member,
-    knowledge_bases_of_tenant,
+    knowledge_bases_visible_to,
 )
 from knowledge.services.documents import document_delete, documents_upload
 from tenants.models import Membership
@@ -44,6 +46,36 @@ class DocumentSerializer(serializers.ModelSerializer[Document]):
                   "started_at", "finished_at"]
 
 
+class UploadOutcomeSerializer(serializers.Serializer[Any]):
+    """What happened to one uploaded file (documents the upload's answer; nothing is read with it)."""
+
+    outcome = serializers.ChoiceField(choices=["queued", "new_version", "unchanged", "rejected"])
+    message = serializers.CharField()
+    document = DocumentSerializer()
+
+
+class ErrorSerializer(serializers.Serializer[Any]):
+    """DRF's error body, and ours (deepseek_web/api_errors.py) for every error under /api/."""
+
+    detail = serializers.CharField()
+
+
+# The answers every endpoint may give besides its own: not signed in, or not allowed (403), and a
+# request DRF cannot honour: an Accept it cannot render (406), a body type it cannot parse (415).
+_REFUSALS = {
+    403: OpenApiResponse(ErrorSerializer, description="Not signed in, not a member, or not allowed."),
+    406: OpenApiResponse(ErrorSerializer, description="The Accept header asks for something other than JSON."),
+}
+_NOT_FOUND = {404: OpenApiResponse(ErrorSerializer, description="No such object in your organisation.")}
+_UPLOAD = inline_serializer("DocumentUpload", fields={
+    "files": serializers.ListField(child=serializers.FileField(), min_length=1, help_text="One or more files."),
+})
+
+# Either every file's outcome (all rejected) or one error for the whole request.
+_UPLOAD_REFUSED = {"oneOf": [{"type": "array", "items": {"$ref": "#/components/schemas/UploadOutcome"}},
+                             {"$ref": "#/components/schemas/Error"}]}
+
+
 def _request_membership(request: Request) -> Membership:
     membership: Membership | None = getattr(request._request, "membership", None)
     if membership is None:
@@ -58,16 +90,24 @@ def _request_manager_membership(request: Request) -> Membership:
     return membership
 
 
+@no_append_slash
+@extend_schema(operation_id="knowledge_base_list", responses={200: KnowledgeBaseSerializer(many=True), **_REFUSALS})
 @api_view(["GET"])
 def knowledge_base_list(request: Request) -> Response:
-    membership = _request_membership(request)
-    if membership.role in MANAGERS:
-        queryset = knowledge_bases_of_tenant(membership.tenant_id)
-    else:
-        queryset = knowledge_bases_for_member(membership)
+    queryset = knowledge_bases_visible_to(_request_membership(request))
     return Response(KnowledgeBaseSerializer(queryset, many=True).data)
 
 
+@no_append_slash
+@extend_schema(methods=["GET"], operation_id="document_list",
+               responses={200: DocumentSerializer(many=True), **_REFUSALS, **_NOT_FOUND})
+@extend_schema(methods=["POST"], operation_id="document_upload", request={"multipart/form-data": _UPLOAD},
+               responses={201: UploadOutcomeSerializer(many=True),
+                          400: OpenApiResponse(_UPLOAD_REFUSED, description=(
+                              "No file was accepted (each one's reason), no file was sent, or the body "
+                              "could not be parsed.")),
+                          415: OpenApiResponse(ErrorSerializer, description="The body is not multipart/form-data."),
+                          **_REFUSALS, **_NOT_FOUND})
 @api_view(["GET", "POST"])
 @parser_classes([MultiPartParser])
 def document_list(request: Request, knowledge_base_id: int) -> Response:
@@ -87,6 +127,11 @@ def document_list(request: Request, knowledge_base_id: int) -> Response:
     return Response(body, status=status.HTTP_201_CREATED if accepted else status.HTTP_400_BAD_REQUEST)
 
 
+@no_append_slash
+@extend_schema(methods=["GET"], operation_id="document_detail",
+               responses={200: DocumentSerializer, **_REFUSALS, **_NOT_FOUND})
+@extend_schema(methods=["DELETE"], operation_id="document_delete",
+               responses={204: None, **_REFUSALS, **_NOT_FOUND})
 @api_view(["GET", "DELETE"])
 def document_detail(request: Request, document_id: int) -> Response:
     try:

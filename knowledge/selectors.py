@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
@@ -21,7 +22,10 @@ def embedding_model_id() -> str:
 
 
 def knowledge_bases_for_member(membership: Membership) -> QuerySet[KnowledgeBase]:
-    """The knowledge bases this member may chat with: by role, or listed by name."""
+    """The knowledge bases this member may chat with: by role, or listed by name.
+
+    Always a subset of `knowledge_bases_visible_to`: what the chat picker, retrieval, citations and
+    the /v1 models offer."""
     return (
         KnowledgeBase.objects.filter(tenant_id=membership.tenant_id)
         .filter(Q(access_roles__contains=[membership.role]) | Q(members__user_id=membership.user_id))
@@ -30,9 +34,26 @@ def knowledge_bases_for_member(membership: Membership) -> QuerySet[KnowledgeBase
     )
 
 
-def knowledge_bases_of_tenant(tenant_id: int) -> QuerySet[KnowledgeBase]:
-    """All of a tenant's knowledge bases, by name: what its managers see."""
-    return KnowledgeBase.objects.filter(tenant_id=tenant_id).order_by("name")
+def knowledge_bases_visible_to(membership: Membership) -> QuerySet[KnowledgeBase]:
+    """The one rule for whether a member sees a knowledge base at all, by name: every page, API and
+    lookup of knowledge bases, their documents, passages and sources goes through it.
+
+    Managers (knowledge admins, owners) see every knowledge base of the tenant except the private
+    ones (no role may use them) that neither list them nor were created by them: private means
+    private from the other managers too. Everyone else sees what they may chat with.
+    """
+    if membership.role not in MANAGERS:
+        return knowledge_bases_for_member(membership)
+    return (
+        KnowledgeBase.objects.filter(tenant_id=membership.tenant_id)
+        .filter(~Q(access_roles=[]) | Q(members__user_id=membership.user_id) | Q(created_by_id=membership.user_id))
+        .distinct()
+        .order_by("name")
+    )
+
+
+def _visible_ids(membership: Membership) -> QuerySet[KnowledgeBase, Any]:
+    return knowledge_bases_visible_to(membership).values("pk")
 
 
 def knowledge_base_member_ids(knowledge_base: KnowledgeBase) -> list[int]:
@@ -67,34 +88,32 @@ def knowledge_base_ids_allowed(membership: Membership, requested: list[int]) -> 
 
 
 def knowledge_base_get_for_manager(membership: Membership, knowledge_base_id: int) -> KnowledgeBase:
+    """A knowledge base this member sees (views check the manager role); 404 otherwise."""
     try:
-        return KnowledgeBase.objects.get(tenant_id=membership.tenant_id, pk=knowledge_base_id)
+        return KnowledgeBase.objects.get(tenant_id=membership.tenant_id, pk=knowledge_base_id,
+                                         pk__in=_visible_ids(membership))
     except KnowledgeBase.DoesNotExist:
         raise Http404("No such knowledge base.") from None
 
 
 def document_get_for_manager(membership: Membership, document_id: int) -> Document:
+    """A document of a knowledge base this member sees (views check the manager role); 404 otherwise."""
     try:
-        return Document.objects.select_related("knowledge_base").get(tenant_id=membership.tenant_id, pk=document_id)
+        return Document.objects.select_related("knowledge_base").get(
+            tenant_id=membership.tenant_id, pk=document_id, knowledge_base_id__in=_visible_ids(membership))
     except Document.DoesNotExist:
         raise Http404("No such document.") from None
 
 
 def document_get_for_reader(membership: Membership, document_id: int) -> Document:
-    """A document whose knowledge base this member may chat with (citations link here)."""
-    allowed = knowledge_bases_for_member(membership).values("pk")
-    if membership.role in MANAGERS:
-        return document_get_for_manager(membership, document_id)
-    try:
-        return Document.objects.select_related("knowledge_base").get(
-            tenant_id=membership.tenant_id, pk=document_id, knowledge_base_id__in=allowed)
-    except Document.DoesNotExist:
-        raise Http404("No such document.") from None
+    """A document whose knowledge base this member sees (citations link here): for readers, one they
+    may chat with; for managers, one they manage."""
+    return document_get_for_manager(membership, document_id)
 
 
 def source_get_for_manager(membership: Membership, source_id: int) -> KnowledgeSource:
     try:
-        return KnowledgeSource.objects.select_related("knowledge_base").get(tenant_id=membership.tenant_id,
-                                                                            pk=source_id)
+        return KnowledgeSource.objects.select_related("knowledge_base").get(
+            tenant_id=membership.tenant_id, pk=source_id, knowledge_base_id__in=_visible_ids(membership))
     except KnowledgeSource.DoesNotExist:
         raise Http404("No such source.") from None

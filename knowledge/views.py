@@ -24,7 +24,7 @@ from knowledge.selectors import (
     documents_of_knowledge_base,
     knowledge_base_get_for_manager,
     knowledge_base_member_ids,
-    knowledge_bases_of_tenant,
+    knowledge_bases_visible_to,
     source_get_for_manager,
     sources_of_knowledge_base,
 )
@@ -45,7 +45,7 @@ def _knowledge_base_form_fields(form: KnowledgeBaseForm) -> dict[str, object]:
 
 def _knowledge_base_list_page(request: TenantRequest, form: KnowledgeBaseForm | None = None,
                               status: int = 200) -> HttpResponse:
-    knowledge_bases = knowledge_bases_of_tenant(request.tenant.pk)
+    knowledge_bases = knowledge_bases_visible_to(request.membership)
     return render(request, "knowledge/list.html", {
         "knowledge_bases": knowledge_bases, "form": form or KnowledgeBaseForm(tenant=request.tenant),
     }, status=status)

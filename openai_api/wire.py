@@ -125,7 +125,8 @@ def _messages(value: Any) -> list[dict[str, str]]:
         raise invalid(f"At most {MAX_MESSAGES} messages are accepted.", "messages")
     messages = []
     for i, item in enumerate(value):
-        if not isinstance(item, dict) or item.get("role") not in _ROLES:
+        # The role is checked as a string first: a list or an object is unhashable, and `in` a dict raised.
+        if not isinstance(item, dict) or not isinstance(item.get("role"), str) or item["role"] not in _ROLES:
             raise invalid(f"messages[{i}] needs a role: system, developer, user or assistant.",
                           f"messages[{i}].role")
         content = _text(item.get("content"), f"messages[{i}].content")

@@ -29,15 +29,22 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-if [ "$mode" = "test" ] && [ ! -x /usr/bin/chromium ]; then
-  # Browser tests drive Debian's Chromium (Playwright's own browser download is unreachable).
+# Browser tests drive Debian's Chromium (Playwright's own browser download is unreachable); the
+# proxy tests start Debian's nginx in front of daphne.
+missing=""
+if [ "$mode" = "test" ]; then
+  [ -x /usr/bin/chromium ] || missing="$missing chromium"
+  [ -x /usr/sbin/nginx ] || missing="$missing nginx"
+fi
+if [ -n "$missing" ]; then
   if [ "$(id -u)" = "0" ]; then
-    echo "[dsw] installing Debian's chromium for the browser tests"
+    echo "[dsw] installing Debian's$missing for the tests"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    apt-get install -y -qq chromium >/dev/null
+    # shellcheck disable=SC2086  # one word per package
+    apt-get install -y -qq $missing >/dev/null
   else
-    echo "[dsw] the browser tests need Debian's chromium: sudo apt-get install chromium" >&2
+    echo "[dsw] the tests need Debian's$missing: sudo apt-get install$missing" >&2
     exit 1
   fi
 fi

@@ -38,7 +38,7 @@ def asgi_server(django_db_setup: None) -> Iterator[str]:
         port = sock.getsockname()[1]
     env = {**os.environ, "DB_NAME": str(settings.DATABASES["default"]["NAME"]), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "deepseek_web.asgi:application"],
+        [sys.executable, "-m", "deepseek_web.web_server", "-b", "127.0.0.1", "-p", str(port), "deepseek_web.asgi:application"],
         cwd=ROOT, env=env,
     )
     url = f"http://localhost:{port}"

@@ -14,7 +14,8 @@ from typing import Any
 import psycopg
 from django.db import connection
 
-from deepseek_web.services.paths import PG_SUPERUSER
+from deepseek_web.services.paths import PG_SUPERUSER, data_dir
+from deepseek_web.services.secrets_files import pg_password_path, read_secret
 
 
 @contextmanager
@@ -22,6 +23,7 @@ def superuser_connection() -> Iterator[psycopg.Connection[Any]]:
     """The superuser, in autocommit, on the test database Django is using."""
     settings = connection.settings_dict
     with psycopg.connect(host=settings["HOST"] or None, port=settings["PORT"] or None, user=PG_SUPERUSER,
+                         password=read_secret(pg_password_path(data_dir(), PG_SUPERUSER)),
                          dbname=settings["NAME"], autocommit=True) as conn:
         yield conn
 

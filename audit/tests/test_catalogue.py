@@ -371,7 +371,9 @@ STATE_CHANGING |= {
 }
 READ_ONLY = {"healthz", "chat:home", "chat:conversation_detail", "console:home", "knowledge:knowledge_base_list",
              "knowledge:knowledge_base_detail", "knowledge:document_list", "api:knowledge_base_list",
-             "apikeys:api_key_list", "openai:model_list", "openai:model_detail"}
+             "apikeys:api_key_list", "openai:model_list", "openai:model_detail",
+             # The REST API's OpenAPI schema: the same document for everyone signed in, no tenant data.
+             "api_schema"}
 
 
 def _names(resolver: URLResolver, namespace: str = "") -> set[str]:

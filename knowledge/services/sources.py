@@ -8,17 +8,12 @@ unchanged page costs a 304 and nothing else.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
+import httpx
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -26,14 +21,13 @@ from django.utils import timezone
 from audit.services import SYSTEM, Actor, audit_record
 from knowledge.ingest.formats import FORMATS as EXTENSIONS
 from knowledge.models import Document, KnowledgeBase, KnowledgeSource
-from knowledge.services import KnowledgeInputError
+from knowledge.services import KnowledgeInputError, fetch
 from knowledge.services.documents import document_delete, document_put
 from tenants.models import Tenant
 from tenants.rls import tenant_context
 
 logger = logging.getLogger(__name__)
 
-FETCH_TIMEOUT_S = 20
 CONTENT_TYPES = {"text/html": ".html", "application/xhtml+xml": ".html", "application/pdf": ".pdf",
                  "text/plain": ".txt", "text/markdown": ".md", "text/csv": ".csv"}
 
@@ -55,22 +49,13 @@ def _allowed_folder(location: str) -> Path:
 
 
 def _check_url(location: str) -> str:
-    parts = urllib.parse.urlsplit(location.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SourceError("Enter an http:// or https:// address.")
-    if not settings.KNOWLEDGE_URL_ALLOW_PRIVATE:
-        # Server-side request forgery: a URL typed in the browser must not reach the server's own
-        # network (metadata services, databases) unless the operator allows intranet sources.
-        try:
-            addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)}
-        except OSError as exc:
-            raise SourceError(f"Cannot resolve {parts.hostname}: {exc}.") from None
-        for address in addresses:
-            ip = ipaddress.ip_address(str(address).split("%")[0])
-            if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved:
-                raise SourceError(f"{parts.hostname} is a private address; intranet sources are turned off "
-                                  "(KNOWLEDGE_URL_ALLOW_PRIVATE).")
-    return urllib.parse.urlunsplit(parts)
+    # Server-side request forgery: a URL typed in the browser must not reach the server's own
+    # network (metadata services, databases) unless the operator allows intranet sources. Checked
+    # here for a clear error at once, and again at every fetch (the address may have changed).
+    try:
+        return str(fetch.check_url(location).url)
+    except fetch.FetchRefused as exc:
+        raise SourceError(str(exc)) from None
 
 
 @transaction.atomic
@@ -190,27 +175,29 @@ def _sync_folder(source: KnowledgeSource, counts: dict[str, int]) -> None:
 
 
 def _sync_url(source: KnowledgeSource, counts: dict[str, int]) -> None:
-    url = _check_url(source.location)
-    request = urllib.request.Request(url, headers={"User-Agent": "DeepSeek-Web-sync/1"})
+    url = source.location
+    headers = {"User-Agent": "DeepSeek-Web-sync/1"}
     with tenant_context(source.tenant_id):
         has_ready = Document.objects.filter(source=source, status=Document.Status.READY).exists()
     if source.etag and has_ready:
-        request.add_header("If-None-Match", source.etag)
+        headers["If-None-Match"] = source.etag
     try:
-        response: Any = urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S)  # scheme checked
-    except urllib.error.HTTPError as exc:
-        if exc.code == 304:
-            counts["unchanged"] += 1
-            return
-        raise SourceError(f"The server answered {exc.code} {exc.reason}.") from None
-    except urllib.error.URLError as exc:
-        raise SourceError(f"Could not fetch the page: {exc.reason}.") from None
-    with response:
-        content_type = response.headers.get_content_type()
-        suffix = CONTENT_TYPES.get(content_type) or Path(urllib.parse.urlsplit(url).path).suffix.lower()
-        if suffix not in EXTENSIONS:
-            raise SourceError(f"Unsupported content type {content_type}.")
-        source.etag = response.headers.get("ETag", "")[:500]
-        # The document's name is the URL; the extension tells the parser what the bytes are.
-        name = url if url.lower().endswith(suffix) else f"{url}#{suffix}"
-        _source_document_put(source, name, iter(lambda: response.read(1 << 20), b""), counts)
+        with fetch.fetch(url, headers) as fetched:
+            response = fetched.response
+            if response.status_code == 304:
+                counts["unchanged"] += 1
+                return
+            if response.status_code >= 400:
+                raise SourceError(f"The server answered {response.status_code} {response.reason_phrase}.")
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            suffix = CONTENT_TYPES.get(content_type) or Path(fetched.url.path).suffix.lower()
+            if suffix not in EXTENSIONS:
+                raise SourceError(f"Unsupported content type {content_type}.")
+            source.etag = response.headers.get("ETag", "")[:500]
+            # The document's name is the URL; the extension tells the parser what the bytes are.
+            name = url if url.lower().endswith(suffix) else f"{url}#{suffix}"
+            _source_document_put(source, name, response.iter_bytes(1 << 20), counts)
+    except fetch.FetchRefused as exc:
+        raise SourceError(str(exc)) from None
+    except httpx.HTTPError as exc:
+        raise SourceError(f"Could not fetch the page: {exc}.") from None

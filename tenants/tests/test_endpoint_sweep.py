@@ -93,6 +93,7 @@ COLLECTION_CASES: dict[str, Callable[[dict[str, int]], list[Request]]] = {
         for fmt in ("jsonl", "csv")
     ],
     "healthz": lambda b: [("get", reverse("healthz"), {"id": b["conversation"]})],
+    "api_schema": lambda b: [("get", reverse("api_schema"), {"format": "json", "tenant": b["tenant"]})],
     "console:home": lambda b: [("get", reverse("console:home"), {"membership": b["membership"]})],
     "console:user_create": lambda b: [("post", reverse("console:user_create"),
                                       {"username": "charlie", "password": "x", "role": "owner"})],
