@@ -5,6 +5,8 @@ The worker side of a turn (generation, the stale-turn sweeps) is `chat.turns`.
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Sequence
 
 from django.conf import settings
@@ -17,6 +19,8 @@ from chat import quotas, streams
 from chat.models import DEFAULT_TITLE, Conversation, ConversationKnowledgeBase, Message
 from knowledge.selectors import knowledge_base_ids_allowed
 from tenants.models import Membership, Tenant
+
+logger = logging.getLogger(__name__)
 
 
 class ChatInputError(ValueError):
@@ -198,7 +202,22 @@ def enqueue_generation(reply: Message) -> None:
     from chat.tasks import generate_reply  # the task module imports chat.turns, which imports this one
 
     tenant_id, message_id = reply.tenant_id, reply.pk
-    transaction.on_commit(lambda: generate_reply.delay(tenant_id=tenant_id, message_id=message_id))
+
+    def send() -> None:
+        # A Redis outage must not lose the stored question: the row stays pending, and the stale
+        # sweep (chat.turns) requeues a turn whose task is not in the queue.
+        try:
+            generate_reply.apply_async(kwargs={"tenant_id": tenant_id, "message_id": message_id},
+                                       task_id=turn_task_id(message_id))
+        except Exception:
+            logger.exception("could not queue turn %s; the stale sweep will requeue it", message_id)
+
+    transaction.on_commit(send)
+
+
+def turn_task_id(message_id: int) -> str:
+    """A turn's task id names its message, so the sweep can find it in the broker's queue."""
+    return f"turn:{message_id}:{uuid.uuid4().hex}"
 
 
 @transaction.atomic

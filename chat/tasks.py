@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
 
-from chat import turns
+from chat import liveness, turns
 
 
-@shared_task(name="chat.tasks.generate_reply")
-def generate_reply(*, tenant_id: int, message_id: int) -> None:
+@shared_task(name="chat.tasks.generate_reply", bind=True)
+def generate_reply(self: Any, *, tenant_id: int, message_id: int) -> None:
     # tenant_id is explicit: every database step of the turn runs in that tenant's context.
-    turns.message_generate(tenant_id=tenant_id, message_id=message_id)
+    # The owner recorded on the turn is this process (hostname + boot id), kept alive by its heartbeat.
+    worker = liveness.worker_identity(str(self.request.hostname or ""))
+    liveness.heartbeat_start(worker)
+    turns.message_generate(tenant_id=tenant_id, message_id=message_id, worker=worker)
 
 
 @shared_task(name="chat.tasks.sweep_stale_turns")
