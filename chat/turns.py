@@ -6,7 +6,7 @@ passages from the conversation's knowledge bases, builds the prompt, routes it t
 (`chat.streams`), and stores the final row. Each turn records its owning worker process
 (`Message.worker`, alive while its heartbeat key is, `chat.liveness`); its writes retry through short
 PostgreSQL/Redis outages (`chat.outages`), and a final answer that cannot be stored is parked in Redis.
-`turns_sweep_stale` (every 15 s on the `maintenance` queue) saves parked answers, redelivers turns
+`turns_sweep_stale` (every 5 s on the `maintenance` queue) saves parked answers, redelivers turns
 whose owner died, and fails queued turns that no worker will take. The web side of a turn (submit,
 Stop) stays in `chat.services`.
 """
@@ -441,7 +441,7 @@ def _passages_retrieve(message: Message) -> tuple[list[Passage] | None, dict[str
 
 
 def turns_sweep_stale() -> int:
-    """Runs every 15 s on the `maintenance` queue (its own solo worker, so it runs when no gpu
+    """Runs every 5 s on the `maintenance` queue (its own solo worker, so it runs when no gpu
     worker does). Saves parked results, then per tenant: redelivers streaming turns whose owner
     died, and requeues or fails queued turns that no worker will take. Returns how many it acted on.
     """

@@ -277,8 +277,10 @@ def run(args: argparse.Namespace) -> int:
         stop_services(started)
 
 
-# A child that ran this long before it died is restarted after the shortest pause again.
-STABLE_AFTER_S = 60.0
+# A child that ran this long before it died is restarted after the shortest pause again. Short on
+# purpose: a crash loop (a bad setting, a broken import) dies within seconds of starting, while a
+# worker killed once it was serving must come back at once, however often that happens.
+STABLE_AFTER_S = 15.0
 BACKOFF_MAX_S = 30.0
 
 

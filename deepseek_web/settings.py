@@ -293,8 +293,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Expires: sweeps missed while no maintenance worker ran are dropped, not run in a burst.
-    "chat-sweep-stale-turns": {"task": "chat.tasks.sweep_stale_turns", "schedule": 15.0,
-                               "options": {"expires": 14}},
+    "chat-sweep-stale-turns": {"task": "chat.tasks.sweep_stale_turns", "schedule": 5.0,
+                               "options": {"expires": 4}},
     "audit-verify-chains": {"task": "audit.tasks.verify_chains", "schedule": 3600.0},
     "audit-prune": {"task": "audit.tasks.prune_expired", "schedule": 24 * 3600.0},
     # Each source has its own interval (hourly by default); this only looks for the due ones.
@@ -482,7 +482,7 @@ CHAT_STALE_TURN_S = env_int("CHAT_STALE_TURN_S", 300)
 CHAT_WORKER_HEARTBEAT_TTL_S = env_int("CHAT_WORKER_HEARTBEAT_TTL_S", 6)
 # A streaming turn whose owner has no heartbeat and whose row was not touched for this long is
 # redelivered (the row is touched every 5 s while the turn runs).
-CHAT_ORPHAN_GRACE_S = env_int("CHAT_ORPHAN_GRACE_S", 12)
+CHAT_ORPHAN_GRACE_S = env_int("CHAT_ORPHAN_GRACE_S", 8)
 # A queued turn older than this whose task is no longer queued is requeued once, then failed.
 CHAT_PENDING_CHECK_S = env_int("CHAT_PENDING_CHECK_S", 20)
 # With no gpu worker seen for this long, queued turns this old fail: "no model worker is available".
