@@ -5,6 +5,8 @@ The worker side of a turn (generation, the stale-turn sweeps) is `chat.turns`.
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Sequence
 
 from django.conf import settings
@@ -17,6 +19,8 @@ from chat import dispatch, quotas, streams
 from chat.models import DEFAULT_TITLE, Conversation, ConversationKnowledgeBase, Message
 from knowledge.selectors import knowledge_base_ids_allowed
 from tenants.models import Membership, Tenant
+
+logger = logging.getLogger(__name__)
 
 
 class ChatInputError(ValueError):
@@ -233,20 +237,40 @@ def enqueue_generation(reply: Message) -> None:
     only): straight onto the `gpu` queue, first come first served.
     """
     # The task module imports chat.turns, which imports this one.
-    from chat.tasks import generate_reply, run_next_turn
+    from chat.tasks import run_next_turn
 
     tenant_id, message_id = reply.tenant_id, reply.pk
     if settings.CHAT_DISPATCH == "fifo":
-        transaction.on_commit(lambda: generate_reply.delay(tenant_id=tenant_id, message_id=message_id))
+        transaction.on_commit(lambda: _send_fifo(tenant_id, message_id))
         return
     user_id = Conversation.objects.filter(pk=reply.conversation_id).values_list("user_id", flat=True).get()
     weight = Tenant.objects.filter(pk=tenant_id).values_list("schedule_weight", flat=True).get()
 
     def queue() -> None:
-        if dispatch.enqueue(tenant_id=tenant_id, user_id=user_id, message_id=message_id, weight=weight):
-            run_next_turn.delay()
+        # A Redis outage must not lose the stored question: the row stays pending, and the stale
+        # sweep (chat.turns) requeues a turn that waits neither in dispatch nor in the broker.
+        try:
+            if dispatch.enqueue(tenant_id=tenant_id, user_id=user_id, message_id=message_id, weight=weight):
+                run_next_turn.delay()
+        except Exception:
+            logger.exception("could not queue turn %s; the stale sweep will requeue it", message_id)
 
     transaction.on_commit(queue)
+
+
+def _send_fifo(tenant_id: int, message_id: int) -> None:
+    from chat.tasks import generate_reply
+
+    try:
+        generate_reply.apply_async(kwargs={"tenant_id": tenant_id, "message_id": message_id},
+                                   task_id=turn_task_id(message_id))
+    except Exception:
+        logger.exception("could not queue turn %s; the stale sweep will requeue it", message_id)
+
+
+def turn_task_id(message_id: int) -> str:
+    """A turn's task id names its message, so the sweep can find it in the broker's queue."""
+    return f"turn:{message_id}:{uuid.uuid4().hex}"
 
 
 @transaction.atomic

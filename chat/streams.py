@@ -21,6 +21,7 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from chat import outages
 from deepseek_web.redis_client import async_client, sync_client
 
 if TYPE_CHECKING:
@@ -84,12 +85,24 @@ class StreamWriter:
     def _add(self, kind: str, **fields: str) -> int:
         self.seq += 1
         entry: dict[Any, Any] = {"kind": kind, **fields}
-        try:
-            self.client.xadd(self.key, entry, id=f"{self.seq}-0")
-        except redis.ResponseError as exc:
-            # An explicit id is refused only when the stream already holds it (or a later one):
-            # somebody else wrote this number. Appending anyway would break the numbering.
-            raise StreamTakenOver(f"{self.key} already has entry {self.seq}") from exc
+        entry_id = f"{self.seq}-0"
+        tries = {"n": 0}
+
+        def add() -> None:
+            tries["n"] += 1
+            try:
+                self.client.xadd(self.key, entry, id=entry_id)
+            except redis.ResponseError as exc:
+                # A retry after a lost reply: the first try may have written it. That is ours.
+                if tries["n"] > 1 and _parse(self.client.xrange(self.key, entry_id, entry_id)) == _parse(
+                        [(entry_id, entry)]):
+                    return
+                # An explicit id is refused only when the stream already holds it (or a later one):
+                # somebody else wrote this number. Appending anyway would break the numbering.
+                raise StreamTakenOver(f"{self.key} already has entry {self.seq}") from exc
+
+        # Through a short Redis outage (restart, failover) the chunk waits rather than the turn failing.
+        outages.retry(add, what=f"{self.key}: chunk {self.seq}")
         return self.seq
 
     def token(self, text: str) -> int:
@@ -100,7 +113,7 @@ class StreamWriter:
 
     def end(self, status: str, error: str = "") -> int:
         seq = self._add("end", status=status, error=error)
-        self.client.expire(self.key, settings.CHAT_STREAM_TTL_S)
+        outages.retry(lambda: self.client.expire(self.key, settings.CHAT_STREAM_TTL_S), what=f"{self.key}: expiry")
         return seq
 
 

@@ -76,21 +76,22 @@ class DemoLogin:
 @transaction.atomic
 def demo_tenant_seed(*, slug: str = "demo", name: str = "Demo Company", password: str = DEMO_PASSWORD,
                      prefix: str = "") -> list[DemoLogin]:
-    """A demo tenant with one user per role. Idempotent: a second run resets nothing but passwords."""
+    """A demo tenant with one user per role. Idempotent: a second run resets nothing, passwords
+    included (a user who changed theirs keeps it; the login then shows it as unchanged)."""
     tenant = Tenant.objects.filter(slug=slug).first() or tenant_create(name=name, slug=slug, actor=SYSTEM)
     logins = []
     for base, role in DEMO_USERS:
         username = f"{prefix}{base}"
         user = User.objects.filter(username=username).first()
+        shown = password
         if user is None:
             user = User.objects.create_user(username=username, password=password)
-        else:
-            user.set_password(password)
-            user.save(update_fields=["password"])
+        elif not user.check_password(password):
+            shown = "(changed since it was created)"
         with tenant_context(tenant.pk):
             if not Membership.objects.filter(tenant=tenant, user=user).exists():
                 membership_create(tenant=tenant, user=user, role=role, actor=SYSTEM)
-        logins.append(DemoLogin(username=username, password=password, role=str(role.label)))
+        logins.append(DemoLogin(username=username, password=shown, role=str(role.label)))
     return logins
 
 

@@ -1,8 +1,9 @@
 """`./dsw run` and `./dsw test`: the two commands of the README (after scripts/bootstrap.sh).
 
 run:  keys (generated on the first start) -> embedded services -> migrate -> demo tenant -> bundled
-      model -> daphne, the `gpu` worker, the `ingest` worker and beat; prints the URL and logins;
-      Ctrl-C stops everything it started.
+      model -> daphne, the `gpu` worker, the `ingest` worker, the `maintenance` worker and beat;
+      prints the URL and logins; supervises them (a process that dies is started again, with
+      backoff; the data services keep running); Ctrl-C stops everything it started.
 test: keys -> embedded services -> pytest (pytest-django makes its own test database).
 """
 
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepseek_web.celery import GPU_READY_KEY
@@ -187,8 +189,9 @@ def prepare_model() -> None:
     log(f"bundled chat model ready in {time.monotonic() - t0:.1f} s: {path}")
 
 
-def wait_ready(url: str, timeout: float) -> bool:
-    """Waits until daphne answers and the gpu worker has loaded its models."""
+def wait_ready(url: str, timeout: float, supervisor: Supervisor) -> bool:
+    """Waits until daphne answers and the gpu worker has loaded its models, supervising meanwhile
+    (a worker that dies while it loads is started again)."""
     import urllib.request
 
     from deepseek_web.redis_client import sync_client
@@ -205,15 +208,21 @@ def wait_ready(url: str, timeout: float) -> bool:
         worker = worker or bool(sync_client().exists(GPU_READY_KEY))
         if web and worker:
             return True
+        supervisor.tick()
         time.sleep(0.25)
     return False
 
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM while starting up: stop what was started, in order
+
+    signal.signal(signal.SIGTERM, on_term)
     ensure_keys()
     started = start_services()
-    children: list[subprocess.Popen[bytes]] = []
+    supervisor = Supervisor()
     try:
         setup_django()
         prepare_database()
@@ -238,16 +247,17 @@ def run(args: argparse.Namespace) -> int:
                     "-c", str(args.gpu_concurrency), "-n", "gpu@%h", "--loglevel", "INFO"],
             "ingest": [python, "-m", "celery", "-A", "deepseek_web", "worker", "-Q", "ingest", "-c", "2",
                        "-n", "ingest@%h", "--loglevel", "INFO"],
+            # The stale-turn sweep's own worker: it must run when the gpu worker does not.
+            "maintenance": [python, "-m", "celery", "-A", "deepseek_web", "worker", "-Q", "maintenance",
+                            "-P", "solo", "-n", "maintenance@%h", "--loglevel", "INFO"],
             "beat": [python, "-m", "celery", "-A", "deepseek_web", "beat", "--loglevel", "INFO",
                      "-s", str(data_dir() / "celerybeat-schedule")],
         }
         for name, command in commands.items():
-            # Own session: Ctrl-C reaches only this process, which then stops children in order.
-            children.append(subprocess.Popen(command, cwd=ROOT, start_new_session=True))
-            log(f"started {name} (pid {children[-1].pid})")
+            supervisor.add(name, command)
 
         url = f"http://{'localhost' if args.host in ('127.0.0.1', '0.0.0.0') else args.host}:{port}/"
-        ready = wait_ready(url, timeout=600)
+        ready = wait_ready(url, timeout=600, supervisor=supervisor)
         elapsed = time.monotonic() - t0
         print()
         print(f"  DeepSeek Web is {'ready' if ready else 'starting (the model worker is still loading)'}"
@@ -256,47 +266,102 @@ def run(args: argparse.Namespace) -> int:
         for login in logins:
             print(f"    {login.role:<16} {login.username:<11} password: {login.password}")
         print("  Press Ctrl-C to stop.\n", flush=True)
-        return wait_children(children)
+        return supervisor.run()
     except KeyboardInterrupt:
         return 0
     except DatabaseCapacityError as exc:
         log(str(exc))
         return 2
     finally:
-        stop_children(children)
+        supervisor.stop()
         stop_services(started)
 
 
-def wait_children(children: list[subprocess.Popen[bytes]]) -> int:
-    stop = {"now": False}
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not stop["now"]:
-        for child in children:
-            if child.poll() is not None:
-                log(f"pid {child.pid} ({child.args!r:.80}) exited with {child.returncode}; stopping the rest")
-                return 1
-        time.sleep(0.5)
-    log("stopping…")
-    return 0
+# A child that ran this long before it died is restarted after the shortest pause again. Short on
+# purpose: a crash loop (a bad setting, a broken import) dies within seconds of starting, while a
+# worker killed once it was serving must come back at once, however often that happens.
+STABLE_AFTER_S = 15.0
+BACKOFF_MAX_S = 30.0
 
 
-def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
-    # Web first (no new turns), then workers (warm shutdown finishes running tasks), then beat.
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    failures: int = 0  # deaths in a row, each after less than STABLE_AFTER_S
+    restart_at: float | None = None
+    restarts: int = 0
+
+
+@dataclass
+class Supervisor:
+    """Keeps `run`'s processes alive: a child that exits is started again after a backoff (1 s,
+    2 s, 4 s … up to BACKOFF_MAX_S while it keeps dying young), and nothing else is touched: the
+    data services and the other children keep running. Only Ctrl-C or SIGTERM stops everything.
+
+    Hand-written rather than supervisord or circus: those run as their own daemon with their own
+    config, while these children share this command's lifetime, its embedded services and its
+    first-run steps (keys, migrations, demo tenant) and must stop in order with it.
+    """
+
+    children: list[Child] = field(default_factory=list)
+    stopping: bool = False
+
+    def add(self, name: str, command: list[str]) -> None:
+        child = Child(name, command)
+        self.children.append(child)
+        self._start(child)
+
+    def _start(self, child: Child) -> None:
+        # Own session: Ctrl-C reaches only this process, which then stops children in order.
+        child.process = subprocess.Popen(child.command, cwd=ROOT, start_new_session=True)
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        log(f"started {child.name} (pid {child.process.pid})")
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restarts += 1
+                    self._start(child)
+                continue
+            if child.process is None or child.process.poll() is None:
+                continue
+            lived = now - child.started_at
+            child.failures = 0 if lived >= STABLE_AFTER_S else child.failures + 1
+            pause = min(BACKOFF_MAX_S, 2.0 ** max(0, child.failures - 1))
+            child.restart_at = now + pause
+            log(f"{child.name} (pid {child.process.pid}) exited with {child.process.returncode} after "
+                f"{lived:.1f} s; restarting it in {pause:.0f} s")
+
+    def run(self) -> int:
+        def on_signal(signum: int, _frame: object) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        while not self.stopping:
+            self.tick()
+            time.sleep(0.5)
+        log("stopping…")
+        return 0
+
+    def stop(self) -> None:
+        # Web first (no new turns), then workers (warm shutdown finishes running tasks), then beat.
+        running = [c.process for c in self.children if c.process is not None and c.process.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for process in running:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def test(args: argparse.Namespace) -> int:

@@ -276,6 +276,8 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "ingest"
 CELERY_TASK_ROUTES = {
+    # Its own queue and solo worker: the sweep must run when no gpu worker does.
+    "chat.tasks.sweep_stale_turns": {"queue": "maintenance"},
     "chat.tasks.*": {"queue": "gpu"},
     # Embedding needs the models, so it runs where they are loaded; parsing and chunking do not.
     "knowledge.tasks.embed_document": {"queue": "gpu"},
@@ -290,7 +292,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
-    "chat-sweep-stale-turns": {"task": "chat.tasks.sweep_stale_turns", "schedule": 60.0},
+    # Expires: sweeps missed while no maintenance worker ran are dropped, not run in a burst.
+    "chat-sweep-stale-turns": {"task": "chat.tasks.sweep_stale_turns", "schedule": 5.0,
+                               "options": {"expires": 4}},
     "audit-verify-chains": {"task": "audit.tasks.verify_chains", "schedule": 3600.0},
     "audit-prune": {"task": "audit.tasks.prune_expired", "schedule": 24 * 3600.0},
     # Each source has its own interval (hourly by default); this only looks for the due ones.
@@ -471,8 +475,20 @@ CHAT_MAX_NEW_TOKENS = env_int("CHAT_MAX_NEW_TOKENS", 512)
 CHAT_HISTORY_MESSAGES = env_int("CHAT_HISTORY_MESSAGES", 12)
 # Redis Stream of a finished turn is kept this long so late reconnects can still replay it.
 CHAT_STREAM_TTL_S = env_int("CHAT_STREAM_TTL_S", 3600)
-# A turn with no progress for this long is considered orphaned by a dead worker.
+# A turn with no progress for this long is considered orphaned by a dead worker (a turn that
+# records no owning worker; one that does is judged by its owner's heartbeat, chat.liveness).
 CHAT_STALE_TURN_S = env_int("CHAT_STALE_TURN_S", 300)
+# A gpu worker's heartbeat key lives this long; it is refreshed every 2 s (chat.liveness).
+CHAT_WORKER_HEARTBEAT_TTL_S = env_int("CHAT_WORKER_HEARTBEAT_TTL_S", 6)
+# A streaming turn whose owner has no heartbeat and whose row was not touched for this long is
+# redelivered (the row is touched every 5 s while the turn runs).
+CHAT_ORPHAN_GRACE_S = env_int("CHAT_ORPHAN_GRACE_S", 8)
+# A queued turn older than this whose task is no longer queued is requeued once, then failed.
+CHAT_PENDING_CHECK_S = env_int("CHAT_PENDING_CHECK_S", 20)
+# With no gpu worker seen for this long, queued turns this old fail: "no model worker is available".
+CHAT_NO_WORKER_S = env_int("CHAT_NO_WORKER_S", 45)
+# A turn's heartbeats, chunk writes and final save retry through outages this long (chat.outages).
+CHAT_OUTAGE_RETRY_S = env_int("CHAT_OUTAGE_RETRY_S", 45)
 # Fair sharing (chat.dispatch): "fair" queues turns per tenant and user; "fifo" sends each turn
 # straight to the gpu queue (the old behaviour, kept for bench/fairness.py's comparison).
 CHAT_DISPATCH = env_str("CHAT_DISPATCH", "fair")

@@ -175,3 +175,22 @@ def api_key_for() -> Any:
             return api_key_create(tenant=tenant, name=name, user=user, created_by=None, actor=SYSTEM).plaintext
 
     return make
+
+
+@pytest.fixture(scope="session")
+def fault_drill() -> dict[str, Any]:
+    """One run of bench/fault_drill.py for the fault tests: `./dsw run` on its own data dir (its own
+    PostgreSQL and Redis, so restarting them leaves this session's alone), one kill -9 of the gpu
+    worker, one Redis restart and one PostgreSQL restart, each with turns in flight. Its JSON report."""
+    import json
+
+    result = subprocess.run(
+        [sys.executable, "bench/fault_drill.py", "--kills", "1", "--redis-restarts", "1", "--pg-restarts", "1",
+         "--outage-s", "5", "--max-new-tokens", "24", "--turns-per-fault", "2", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    lines = result.stdout.strip().splitlines()
+    assert lines and lines[-1].startswith("{"), f"the drill printed no report:\n{result.stdout}\n{result.stderr[-4000:]}"
+    report: dict[str, Any] = json.loads(lines[-1])
+    report["output"] = result.stdout
+    return report

@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from audit.services import actor_for
-from chat import services, streams, turns
+from chat import liveness, services, streams, turns
 from chat.models import Conversation, Message
 from tenants.rls import tenant_context
 
@@ -103,12 +103,14 @@ def test_it_ends_as_cancelled_when_stop_came_before_the_worker(reply, use_model,
     assert reply.status == Message.Status.CANCELLED
 
 
-def test_it_sweeps_a_turn_whose_worker_vanished(reply, settings) -> None:
+def test_it_sweeps_a_turn_whose_worker_vanished(reply, settings, django_capture_on_commit_callbacks) -> None:
     update(
         reply, status=Message.Status.STREAMING,
         updated_at=timezone.now() - timedelta(seconds=settings.CHAT_STALE_TURN_S + 5),
     )
-    assert turns.turns_sweep_stale() == 1
+    with django_capture_on_commit_callbacks(execute=True) as announced:
+        assert turns.turns_sweep_stale() == 1
+    assert len(announced) == 1  # the stream's end goes out only once the failure is committed
     refresh(reply)
     assert reply.status == Message.Status.FAILED and reply.error == turns.WORKER_DIED
     assert streams.read_all(reply)[-1].fields["status"] == "failed"
@@ -117,6 +119,7 @@ def test_it_sweeps_a_turn_whose_worker_vanished(reply, settings) -> None:
 def test_it_queues_a_lost_turn_once_more_then_fails_it_with_a_reason(
     reply, settings, django_capture_on_commit_callbacks
 ) -> None:
+    liveness.beat("test-worker")  # a worker is alive: the turn was lost, not left without one
     long_ago = timezone.now() - timedelta(seconds=settings.CHAT_STALE_TURN_S + 5)
     update(reply, updated_at=long_ago)  # queued, and no worker ever started it
     with django_capture_on_commit_callbacks() as queued:

@@ -111,8 +111,10 @@ def test_it_never_overwrites_a_turn_the_stale_sweeper_already_failed(
     monkeypatch.setattr(turns, "HEARTBEAT_INTERVAL_S", 3600.0)
     with engine_held() as release, turn_running(reply) as turn:
         wait_until(lambda: stored(reply).status == Message.Status.STREAMING, "the worker took the turn")
-        # The worker looks dead to the sweeper (every streaming turn counts as stale now).
-        settings.CHAT_STALE_TURN_S = -3600
+        # The worker looks dead to the sweeper (no heartbeat runs in this test, and every streaming
+        # turn counts as untouched now), and the turn has had its attempts: the sweep fails it.
+        settings.CHAT_ORPHAN_GRACE_S = -3600
+        monkeypatch.setattr(turns, "MAX_ATTEMPTS", 1)
         assert turns.turns_sweep_stale() == 1
         # The slow worker was alive after all: it now ends its turn its own way.
         if late_worker == "writes its answer":
