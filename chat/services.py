@@ -19,6 +19,7 @@ from chat import dispatch, quotas, streams
 from chat.models import DEFAULT_TITLE, Conversation, ConversationKnowledgeBase, Message
 from knowledge.selectors import knowledge_base_ids_allowed
 from tenants.models import Membership, Tenant
+from tenants.rls import tenant_context
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +244,9 @@ def enqueue_generation(reply: Message) -> None:
     if settings.CHAT_DISPATCH == "fifo":
         transaction.on_commit(lambda: _send_fifo(tenant_id, message_id))
         return
-    user_id = Conversation.objects.filter(pk=reply.conversation_id).values_list("user_id", flat=True).get()
-    weight = Tenant.objects.filter(pk=tenant_id).values_list("schedule_weight", flat=True).get()
+    with tenant_context(tenant_id):  # the sweep calls this outside any tenant's context
+        user_id = Conversation.objects.filter(pk=reply.conversation_id).values_list("user_id", flat=True).get()
+        weight = Tenant.objects.filter(pk=tenant_id).values_list("schedule_weight", flat=True).get()
 
     def queue() -> None:
         # A Redis outage must not lose the stored question: the row stays pending, and the stale
