@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import actor_for
-from chat import dispatch, services, tasks, turns
+from chat import dispatch, liveness, services, tasks, turns
 from chat.models import Conversation, Message
 from tenants.rls import tenant_context
 
@@ -133,8 +133,11 @@ def submit(world, conversation: Conversation, text: str = "hello") -> Message:
 
 
 def test_it_queues_a_submitted_turn_in_dispatch_and_a_ticket_runs_it(
-    world, conversation, django_capture_on_commit_callbacks
+    world, conversation, django_capture_on_commit_callbacks, monkeypatch
 ) -> None:
+    # The ticket starts the process's worker heartbeat thread, which beats until the process ends:
+    # later sweep tests in this process would then see their "dead" worker alive.
+    monkeypatch.setattr(liveness, "heartbeat_start", lambda identity: None)
     with django_capture_on_commit_callbacks(execute=True):
         reply = submit(world, conversation)
     assert dispatch.is_waiting(reply.pk)
