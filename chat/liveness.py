@@ -34,6 +34,7 @@ HEARTBEAT_EVERY_S = 2.0
 _identity: str | None = None
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
+_stopping = threading.Event()
 
 
 def worker_identity(hostname: str = "") -> str:
@@ -62,21 +63,35 @@ def stop(identity: str) -> None:
 
 
 def heartbeat_start(identity: str) -> None:
-    """Starts this process's heartbeat thread (once); it beats until the process ends."""
+    """Starts this process's heartbeat thread (once); it beats until the process ends or
+    `heartbeat_stop` is called."""
     global _thread
 
     def loop() -> None:
-        while True:
+        while not _stopping.is_set():
             try:
                 beat(identity)
             except redis.RedisError as exc:  # an outage: the next tick tries again
                 logger.warning("worker heartbeat failed (%s); retrying", exc)
-            time.sleep(HEARTBEAT_EVERY_S)
+            _stopping.wait(HEARTBEAT_EVERY_S)
 
     with _lock:
         if _thread is None:
+            _stopping.clear()
             _thread = threading.Thread(target=loop, name="dsw-worker-heartbeat", daemon=True)
             _thread.start()
+
+
+def heartbeat_stop(identity: str) -> None:
+    """Ends the heartbeat thread and says at once that this worker is gone (a process that runs
+    tasks in-process, as the tests do, and then goes on to judge other workers' liveness)."""
+    global _thread
+    with _lock:
+        thread, _thread = _thread, None
+    if thread is not None:
+        _stopping.set()
+        thread.join()
+    stop(identity)
 
 
 def is_alive(identity: str) -> bool:

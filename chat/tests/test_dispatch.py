@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -132,12 +133,17 @@ def submit(world, conversation: Conversation, text: str = "hello") -> Message:
     return reply
 
 
+@pytest.fixture
+def worker_heartbeat_stopped() -> Iterator[None]:
+    """The ticket starts this process's worker heartbeat, as a worker's would; it is stopped after
+    the test, or later sweep tests in this process would see their "dead" worker alive."""
+    yield
+    liveness.heartbeat_stop(liveness.worker_identity())
+
+
 def test_it_queues_a_submitted_turn_in_dispatch_and_a_ticket_runs_it(
-    world, conversation, django_capture_on_commit_callbacks, monkeypatch
+    world, conversation, django_capture_on_commit_callbacks, worker_heartbeat_stopped
 ) -> None:
-    # The ticket starts the process's worker heartbeat thread, which beats until the process ends:
-    # later sweep tests in this process would then see their "dead" worker alive.
-    monkeypatch.setattr(liveness, "heartbeat_start", lambda identity: None)
     with django_capture_on_commit_callbacks(execute=True):
         reply = submit(world, conversation)
     assert dispatch.is_waiting(reply.pk)
