@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
@@ -19,6 +22,16 @@ class FastPBKDF2PasswordHasher(PBKDF2PasswordHasher):
     """
 
     iterations = 1000
+
+
+T = TypeVar("T")
+
+
+def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run` in a thread of its own. Once a browser test has run, Playwright's sync API
+    keeps an event loop running in the test's thread, and `asyncio.run` refuses to start beside it."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 @dataclass

@@ -3,6 +3,7 @@ this process (threads, as in production), Debian's Chromium driven by Playwright
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -107,18 +108,46 @@ def standin() -> Iterator[str]:
     process.wait(timeout=10)
 
 
+# Every connection of the capacity stack's processes carries this name (libpq's PGAPPNAME), so a
+# test counts theirs alone, not the session's other servers or this process's own.
+CAPACITY_APP_NAME = "dsw-capacity"
+
+
 @pytest.fixture
-def stream_worker(asgi_server: str, standin: str, settings: Any) -> Iterator[Any]:
-    """A `gpu` worker with more threads than the turns, routing every turn to the stand-in."""
-    from celery.contrib.testing.worker import start_worker
+def capacity_stack(standin: str, settings: Any, django_db_setup: None) -> Iterator[str]:
+    """Our web server and a `gpu` worker with more threads than the turns, each in its own process
+    as `./dsw run` starts them, routing every turn to the stand-in; yields the server's URL.
 
-    from deepseek_web.celery import app
+    Processes, not a worker in this one: Celery's test worker stops through a process-wide flag, so
+    a second in-process worker's stop would also stop the session's `gpu_worker`. The per-user and
+    per-tenant caps are lifted here (one user drives every stream; the caps have their own tests),
+    and this process's settings follow, so a session `gpu_worker` that takes a turn answers alike.
+    """
+    from .web_process import web_server
 
-    settings.INFERENCE_BACKENDS = [{"name": "standin", "base_url": standin, "model": "standin", "retries": 0}]
-    with start_worker(app, pool="threads", concurrency=STREAM_WORKER_THREADS, queues=["gpu"], perform_ping_check=False,
-                      loglevel="WARNING", shutdown_timeout=30) as worker:
-        yield worker
-
+    backends = [{"name": "standin", "base_url": standin, "model": "standin", "retries": 0}]
+    lifted = {"CHAT_MAX_RUNNING_PER_TENANT": 1000, "CHAT_MAX_IN_FLIGHT_PER_USER": 1000,
+              "CHAT_MAX_IN_FLIGHT_PER_TENANT": 1000, "CHAT_MAX_STREAMS_PER_USER": 1000}
+    settings.INFERENCE_BACKENDS = backends
+    for name, value in lifted.items():
+        setattr(settings, name, value)
+    env = {"INFERENCE_BACKENDS": json.dumps(backends), "PGAPPNAME": CAPACITY_APP_NAME,
+           **{name: str(value) for name, value in lifted.items()}}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "deepseek_web", "worker", "-Q", "gpu", "-P", "threads",
+         "-c", str(STREAM_WORKER_THREADS), "--without-mingle", "--without-gossip", "-l", "WARNING"],
+        cwd=ROOT, env={**os.environ, "DB_NAME": str(settings.DATABASES["default"]["NAME"]), **env},
+    )
+    try:
+        with web_server(env) as (_, url):
+            yield url
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 def test_it_shows_the_answer_once_after_the_confirmation_was_lost(
-    log_in, world, asgi_server, stream_worker, page: Page
+    log_in, world, capacity_stack, page: Page
 ) -> None:
+    asgi_server = capacity_stack
     cut: dict[str, Any] = {"done": False}
 
     def cut_before_submitted(route: WebSocketRoute) -> None:
