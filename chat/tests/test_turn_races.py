@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -62,12 +63,17 @@ def engine_held() -> Iterator[threading.Event]:
 
 @contextmanager
 def turn_running(message: Message) -> Iterator[threading.Thread]:
-    """Runs the turn on a worker thread, as the `gpu` worker does; the turn must not raise."""
+    """Runs the turn on a worker thread, as the `gpu` worker does; the turn must not raise.
+
+    The turn's owner is a worker of its own with no heartbeat, as a worker that died would be: this
+    process's identity beats whenever an earlier test started the session's in-process gpu worker.
+    """
     errors: list[BaseException] = []
+    owner = f"races@test/{uuid.uuid4().hex[:12]}"
 
     def run() -> None:
         try:
-            turns.message_generate(tenant_id=message.tenant_id, message_id=message.pk)
+            turns.message_generate(tenant_id=message.tenant_id, message_id=message.pk, worker=owner)
         except BaseException as exc:  # noqa: BLE001 - reported to the test below
             errors.append(exc)
         finally:
