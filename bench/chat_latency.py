@@ -24,7 +24,7 @@ import sys
 import time
 import urllib.request
 
-from stack import ROOT, prepare_stack
+from stack import ROOT, gpu_worker_start, gpu_worker_wait_ready, prepare_stack
 
 os.environ["CHAT_MAX_NEW_TOKENS"] = "16"
 
@@ -113,17 +113,12 @@ def main() -> None:
     web = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
                             "deepseek_web.asgi:application"], cwd=ROOT, env=env,
                            stdout=log, stderr=subprocess.STDOUT)
-    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "deepseek_web", "worker", "-Q", "gpu",
+    worker = gpu_worker_start([sys.executable, "-m", "celery", "-A", "deepseek_web", "worker", "-Q", "gpu",
                                "-P", "threads", "-c", "4", "-n", "bench-gpu@%h"], cwd=ROOT, env=env,
                               stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", 60)
-        from deepseek_web.celery import GPU_READY_KEY
-        from deepseek_web.redis_client import sync_client
-
-        deadline = time.monotonic() + 300
-        while not sync_client().exists(GPU_READY_KEY) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        gpu_worker_wait_ready()
         measured = asyncio.run(run_turns(f"ws://127.0.0.1:{port}/ws/chat/{conversation_id}/", cookie, args.turns))
     finally:
         for process in (web, worker):

@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 from chat_latency import free_port, wait_http
-from stack import ROOT, prepare_stack
+from stack import ROOT, gpu_worker_start, gpu_worker_wait_ready, prepare_stack
 
 SLOTS = 4  # engine slots (MODEL_MAX_BATCH) and gpu worker threads
 RUNNING_CAP = 3  # CHAT_MAX_RUNNING_PER_TENANT in the fair phase: one slot stays free for others
@@ -135,17 +135,12 @@ def phase(mode: str, world: dict[str, Any], flood: int, asks: int) -> tuple[list
     log = open(ROOT / "var" / f"bench-fairness-{mode}.log", "wb")  # noqa: SIM115 - lives as long as the children
     web = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
                             "deepseek_web.asgi:application"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "deepseek_web", "worker", "-Q", "gpu",
+    worker = gpu_worker_start([sys.executable, "-m", "celery", "-A", "deepseek_web", "worker", "-Q", "gpu",
                                "-P", "threads", "-c", str(SLOTS), "-n", f"bench-fair-{mode}@%h"], cwd=ROOT, env=env,
                               stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", 60)
-        from deepseek_web.celery import GPU_READY_KEY
-        from deepseek_web.redis_client import sync_client
-
-        deadline = time.monotonic() + 300
-        while not sync_client().exists(GPU_READY_KEY) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        gpu_worker_wait_ready()
         return asyncio.run(measure(port, world, flood, asks))
     finally:
         for process in (web, worker):

@@ -14,6 +14,10 @@ Redis database 2: the shipped stand-in engine (`python -m inference.standin`), d
 3. Storm: `--storm` clients open the chat WebSocket at once, as many tabs reconnecting after a
    restart would; each has 5 s for its handshake and retries with full jitter, as chat.js does.
 
+One user drives every stream and every tab, so the fairness caps (chat.dispatch, chat.socket_limits:
+turns running per tenant, in flight and sockets per user) are lifted for the run: this measures
+what the stack carries, and the caps have their own tests. A refused socket counts as an error.
+
 Run:  .venv/bin/python bench/load_streams.py --streams 500 --tokens-per-s 5 --tokens 60 --storm 1000
 """
 
@@ -34,7 +38,7 @@ import urllib.request
 import uuid
 from typing import Any
 
-from stack import ROOT, prepare_stack
+from stack import ROOT, gpu_worker_start, gpu_worker_wait_ready, prepare_stack
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -153,7 +157,10 @@ def main() -> None:
     session_key, ids = prepare(args.streams)
     standin_port, web_port = free_port(), free_port()
     standin_url = f"http://127.0.0.1:{standin_port}/v1"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "INFERENCE_BACKENDS": json.dumps(
+    caps_lifted = {name: str(10 * (args.streams + args.storm)) for name in (
+        "CHAT_MAX_RUNNING_PER_TENANT", "CHAT_MAX_IN_FLIGHT_PER_USER", "CHAT_MAX_IN_FLIGHT_PER_TENANT",
+        "CHAT_MAX_STREAMS_PER_USER", "CHAT_MAX_STREAMS_PER_TENANT")}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **caps_lifted, "INFERENCE_BACKENDS": json.dumps(
         [{"name": "standin", "base_url": standin_url, "model": "standin", "retries": 0}])}
     log = open(ROOT / "var" / "bench-load-streams.log", "wb")  # noqa: SIM115 - lives as long as the children
     children = [
@@ -162,7 +169,7 @@ def main() -> None:
                          stdout=log, stderr=subprocess.STDOUT),
         subprocess.Popen([sys.executable, "-m", "deepseek_web.web_server", "-b", "127.0.0.1", "-p", str(web_port),
                           "deepseek_web.asgi:application"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
-        subprocess.Popen([sys.executable, "-m", "celery", "-A", "deepseek_web", "worker", "-Q", "gpu", "-P",
+        gpu_worker_start([sys.executable, "-m", "celery", "-A", "deepseek_web", "worker", "-Q", "gpu", "-P",
                           "threads", "-c", str(args.streams + 10), "-n", "bench-load@%h", "--loglevel", "WARNING"],
                          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
     ]
@@ -170,12 +177,7 @@ def main() -> None:
     try:
         wait_http(f"{base_url}/healthz", 60)
         wait_http(f"{standin_url}/models", 30)
-        from deepseek_web.celery import GPU_READY_KEY
-        from deepseek_web.redis_client import sync_client
-
-        deadline = time.monotonic() + 300
-        while not sync_client().exists(GPU_READY_KEY) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        gpu_worker_wait_ready()
         direct = asyncio.run(direct_streams(standin_url, args.streams))
         results = asyncio.run(product_streams(base_url, session_key, ids))
         stormed = asyncio.run(storm(base_url, session_key, ids, args.storm, budget_s=120))

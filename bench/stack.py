@@ -7,8 +7,11 @@ database 2, so a benchmark never touches the data of `./dsw run` or of the tests
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,3 +37,26 @@ def prepare_stack() -> None:
     from django.core.management import call_command
 
     call_command("migrate", interactive=False, verbosity=0)
+
+
+def gpu_worker_start(command: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Starts a `gpu` worker once the previous run's "models loaded" mark is gone: a mark left in
+    Redis by an earlier run (or phase) would let the measurement start while this worker still
+    loads its models, and the load's CPU would land in the figures."""
+    from deepseek_web.celery import GPU_READY_KEY
+    from deepseek_web.redis_client import sync_client
+
+    sync_client().delete(GPU_READY_KEY)
+    return subprocess.Popen(command, **popen)
+
+
+def gpu_worker_wait_ready(timeout_s: float = 300.0) -> None:
+    """Waits until the `gpu` worker has loaded its models."""
+    from deepseek_web.celery import GPU_READY_KEY
+    from deepseek_web.redis_client import sync_client
+
+    deadline = time.monotonic() + timeout_s
+    while not sync_client().exists(GPU_READY_KEY):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the gpu worker did not load its models within {timeout_s:.0f} s")
+        time.sleep(0.2)
