@@ -30,14 +30,13 @@ import json
 import logging
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from typing import Any
 
+from chat_latency import free_port, wait_http
 from stack import ROOT, gpu_worker_start, gpu_worker_wait_ready, prepare_stack
 
 
@@ -45,23 +44,6 @@ def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
     return ordered[index] if ordered else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def prepare(conversations: int) -> tuple[str, list[int]]:

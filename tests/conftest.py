@@ -85,16 +85,12 @@ STANDIN_TOKENS = 20
 STREAM_WORKER_THREADS = 110
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def standin() -> Iterator[str]:
     """The shipped stand-in engine, as a load test runs it: its own process, a real socket."""
-    port = _free_port()
+    from .web_process import free_port
+
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "inference.standin", "--port", str(port),
                                 "--tokens", str(STANDIN_TOKENS), "--tokens-per-s", "20"], cwd=ROOT)
     deadline = time.monotonic() + 30
@@ -123,7 +119,7 @@ def capacity_stack(standin: str, settings: Any, django_db_setup: None) -> Iterat
     per-tenant caps are lifted here (one user drives every stream; the caps have their own tests),
     and this process's settings follow, so a session `gpu_worker` that takes a turn answers alike.
     """
-    from .web_process import web_server
+    from .web_process import process_stop, web_server
 
     backends = [{"name": "standin", "base_url": standin, "model": "standin", "retries": 0}]
     lifted = {"CHAT_MAX_RUNNING_PER_TENANT": 1000, "CHAT_MAX_IN_FLIGHT_PER_USER": 1000,
@@ -142,12 +138,7 @@ def capacity_stack(standin: str, settings: Any, django_db_setup: None) -> Iterat
         with web_server(env) as (_, url):
             yield url
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        process_stop(worker, timeout=30)
 
 
 @pytest.fixture(scope="session")
