@@ -17,39 +17,20 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 
-from stack import ROOT, gpu_worker_start, gpu_worker_wait_ready, prepare_stack
-
-os.environ["CHAT_MAX_NEW_TOKENS"] = "16"
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer")
+from stack import (
+    ROOT,
+    free_port,
+    gpu_worker_start,
+    gpu_worker_wait_ready,
+    percentile,
+    prepare_stack,
+    wait_http,
+)
 
 
 def prepare() -> tuple[str, int, int]:
@@ -108,7 +89,8 @@ def main() -> None:
 
     cookie, conversation_id, tenant_id = prepare()
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Short answers: the figure is the time to the first chunk, and the CPU model writes slowly.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CHAT_MAX_NEW_TOKENS": "16"}
     log = open(ROOT / "var" / "bench-chat-latency.log", "wb")  # noqa: SIM115 - lives as long as the children
     web = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
                             "deepseek_web.asgi:application"], cwd=ROOT, env=env,

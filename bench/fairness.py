@@ -28,8 +28,7 @@ import sys
 import time
 from typing import Any
 
-from chat_latency import free_port, wait_http
-from stack import ROOT, gpu_worker_start, gpu_worker_wait_ready, prepare_stack
+from stack import ROOT, free_port, gpu_worker_start, gpu_worker_wait_ready, prepare_stack, wait_http
 
 SLOTS = 4  # engine slots (MODEL_MAX_BATCH) and gpu worker threads
 RUNNING_CAP = 3  # CHAT_MAX_RUNNING_PER_TENANT in the fair phase: one slot stays free for others

@@ -7,7 +7,7 @@ Redis database 2: the shipped stand-in engine (`python -m inference.standin`), d
 1. Baseline: `--streams` clients stream from the stand-in directly, all at once; the gaps between
    chunks as they arrive (ideally 1 / tokens-per-s) give the stand-in's own inter-chunk p99.
 2. Product: `--streams` WebSocket clients, each on its own conversation, connect (retrying a
-   failed handshake with full jitter, as chat.js does), submit at once and read
+   failed handshake with full jitter, as chat.js does), submit together once all are connected, and read
    their turn to its end: turns finished, chunks dropped (each answer is `t1 t2 ... tN`), and the
    inter-chunk p99 through daphne, the worker, Redis and PostgreSQL. The figure is the p99 added
    over the baseline's (target: at most 50 ms).
@@ -36,14 +36,30 @@ import time
 import uuid
 from typing import Any
 
-from chat_latency import free_port, wait_http
-from stack import ROOT, gpu_worker_start, gpu_worker_wait_ready, prepare_stack
+from stack import (
+    ROOT,
+    free_port,
+    gpu_worker_start,
+    gpu_worker_wait_ready,
+    percentile,
+    prepare_stack,
+    wait_http,
+)
+
+from inference.standin import chunk_text
 
 
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
-    return ordered[index] if ordered else float("nan")
+def lateness(arrivals: list[float], tokens_per_s: float) -> list[float]:
+    """How late each chunk came against its stream's own schedule, in seconds.
+
+    The stand-in writes chunk n at (start + n / rate); chunk n of a stream arriving at a(n) was
+    delayed by a(n) - n / rate - start, and the stream's least delay stands for its fixed cost
+    (request, first hop). Unlike the gap between chunks, this also sees a stream that falls
+    behind and then arrives in bursts (gaps near 0 after a long one).
+    """
+    offsets = [at - n / tokens_per_s for n, at in enumerate(arrivals)]
+    least = min(offsets, default=0.0)
+    return [offset - least for offset in offsets]
 
 
 def prepare(conversations: int) -> tuple[str, list[int]]:
@@ -89,13 +105,31 @@ async def direct_streams(base_url: str, streams: int) -> list[list[float]]:
 
 
 async def product_streams(base_url: str, session_key: str, ids: list[int]) -> list[Any]:
+    """One turn per conversation, all streaming together: every client connects first (retrying
+    its handshake as chat.js does), and all submit once the last is connected or has given up.
+    Handshakes have their own figure (`storm`); here they would only stagger the streams."""
     from deepseek_web.testing import chat_turn
+
+    settled = 0
+    everyone_settled = asyncio.Event()
+
+    def settle() -> None:
+        nonlocal settled
+        settled += 1
+        if settled == len(ids):
+            everyone_settled.set()
+
+    async def connected() -> None:
+        settle()
+        await everyone_settled.wait()
 
     async def one(cid: int) -> Any:
         try:
             return await chat_turn(base_url, cid, session_key, "load", uuid.uuid4().hex, timeout_s=300,
-                                   handshake_retries=8)
+                                   handshake_retries=8, connected=connected)
         except Exception as exc:  # noqa: BLE001 - a lost client is counted, not fatal to the bench
+            if not everyone_settled.is_set():
+                settle()  # it never connected: the others need not wait for it
             return exc
 
     return await asyncio.gather(*(one(cid) for cid in ids))
@@ -142,8 +176,10 @@ def main() -> None:
     caps_lifted = {name: str(10 * (args.streams + args.storm)) for name in (
         "CHAT_MAX_RUNNING_PER_TENANT", "CHAT_MAX_IN_FLIGHT_PER_USER", "CHAT_MAX_IN_FLIGHT_PER_TENANT",
         "CHAT_MAX_STREAMS_PER_USER", "CHAT_MAX_STREAMS_PER_TENANT")}
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **caps_lifted, "INFERENCE_BACKENDS": json.dumps(
-        [{"name": "standin", "base_url": standin_url, "model": "standin", "retries": 0}])}
+    # Every answer is the stand-in's whole `--tokens`, whatever cap an earlier import or the shell set.
+    backends = [{"name": "standin", "base_url": standin_url, "model": "standin", "retries": 0}]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **caps_lifted, "CHAT_MAX_NEW_TOKENS": str(10 * args.tokens),
+           "INFERENCE_BACKENDS": json.dumps(backends)}
     log = open(ROOT / "var" / "bench-load-streams.log", "wb")  # noqa: SIM115 - lives as long as the children
     children = [
         subprocess.Popen([sys.executable, "-m", "inference.standin", "--port", str(standin_port), "--tokens",
@@ -171,19 +207,30 @@ def main() -> None:
 
     turns = [r for r in results if not isinstance(r, Exception)]
     finished = [r for r in turns if r.status == "done"]
+    expected = "".join(chunk_text(n) for n in range(1, args.tokens + 1))
     received = sum(len(r.seqs) for r in turns)
     dropped = args.streams * args.tokens - received
+    garbled = sum(r.text != expected for r in finished)
     direct_gaps = [b - a for arrivals in direct for a, b in zip(arrivals, arrivals[1:], strict=False)]
     gaps = [g for r in turns for g in r.gaps]
     base_p99 = percentile(direct_gaps, 99) * 1000
     product_p99 = percentile(gaps, 99) * 1000
     print(f"streams: {args.streams} at {args.tokens_per_s} tokens/s, {args.tokens} tokens each")
     print(f"  finished: {len(finished)}/{args.streams}   dropped chunks: {dropped}   "
-          f"client errors: {len(results) - len(turns)}   "
+          f"answers not exactly t1..t{args.tokens}: {garbled}   client errors: {len(results) - len(turns)}   "
           f"handshakes retried (as chat.js would): {sum(r.handshake_retries for r in turns)}")
+    print("  inter-chunk gap ms, stand-in direct / through the product: " + "   ".join(
+        f"p{pct} {percentile(direct_gaps, pct) * 1000:.0f} / {percentile(gaps, pct) * 1000:.0f}" for pct in (50, 90, 99))
+        + f"   max {max(direct_gaps, default=0) * 1000:.0f} / {max(gaps, default=0) * 1000:.0f}")
     print(f"  inter-chunk gap p99: stand-in direct {base_p99:.1f} ms (baseline), through the product "
           f"{product_p99:.1f} ms: added {product_p99 - base_p99:.1f} ms "
           f"(ratio {product_p99 / base_p99:.3f}; target: added <= 50 ms)")
+    direct_late = [x for arrivals in direct for x in lateness(arrivals, args.tokens_per_s)]
+    late = [x for r in turns for x in lateness(r.arrivals, args.tokens_per_s)]
+    base_late, product_late = percentile(direct_late, 99) * 1000, percentile(late, 99) * 1000
+    print(f"  chunk lateness against its stream's schedule, p99: stand-in direct {base_late:.1f} ms (baseline), "
+          f"through the product {product_late:.1f} ms: added {product_late - base_late:.1f} ms; "
+          f"p50 {percentile(direct_late, 50) * 1000:.1f} / {percentile(late, 50) * 1000:.1f} ms")
     errors = collections.Counter(f"{type(r).__name__}: {str(r)[:80]}" for r in results if isinstance(r, Exception))
     for error, count in errors.most_common(3):
         print(f"  client error x{count}: {error}")

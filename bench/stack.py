@@ -7,9 +7,11 @@ database 2, so a benchmark never touches the data of `./dsw run` or of the tests
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +62,27 @@ def gpu_worker_wait_ready(timeout_s: float = 300.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the gpu worker did not load its models within {timeout_s:.0f} s")
         time.sleep(0.2)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """The nearest-rank percentile (NaN for no values)."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[index] if ordered else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer")

@@ -13,7 +13,6 @@ Stop) stays in `chat.services`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -47,8 +46,8 @@ logger = logging.getLogger(__name__)
 
 # A turn whose worker died is started at most this many times in all.
 MAX_ATTEMPTS = 2
-# How often the worker reads the Stop flag, and how often it touches the row (its heartbeat),
-# while a turn waits for a backend or streams.
+# How often a waiting turn looks at its Stop flag, and how often it touches the row (its
+# heartbeat), while it waits for a backend or streams.
 STOP_POLL_INTERVAL_S = 0.2
 HEARTBEAT_INTERVAL_S = 5.0
 WORKER_DIED = "The model worker stopped while writing this answer. Please try again."
@@ -72,8 +71,6 @@ def message_generate(*, tenant_id: int, message_id: int, worker: str = "") -> No
     by default). Idempotent: a second delivery of a turn that a live worker owns, or that is final,
     does nothing; one whose owner died restarts it cleanly (a `reset` entry, then the new answer).
     """
-    from inference import routing, runtime
-
     started = time.monotonic()
     me = worker or liveness.worker_identity()
     try:
@@ -90,9 +87,21 @@ def message_generate(*, tenant_id: int, message_id: int, worker: str = "") -> No
     if streams.is_cancel_requested(message):
         _finish(message, writer, Message.Status.CANCELLED)
         return
+    watch = _TurnWatch(message)
+    try:
+        _turn_run(message, writer, watch, started=started, queued_ms=queued_ms)
+    finally:
+        watch.close()
+
+
+def _turn_run(message: Message, writer: streams.StreamWriter, watch: _TurnWatch, *, started: float,
+              queued_ms: float) -> None:
+    """Retrieval, prompt, backend and chunks of a claimed turn, up to its final row."""
+    from inference import routing, runtime
+
+    tenant_id = message.tenant_id
     passages, retrieval_timings = _turn_passages(message)
     message.timings = {**message.timings, **retrieval_timings}
-    watch = _TurnWatch(message)
 
     def prompt() -> tuple[list[dict[str, str]], str]:
         with tenant_step(tenant_id):
@@ -118,12 +127,14 @@ def message_generate(*, tenant_id: int, message_id: int, worker: str = "") -> No
     finish_reason: str | None = None
     ended = False
     try:
-        for delta in _watched_deltas(handle, watch):
-            if delta.text:
+        for deltas in _watched_deltas(handle, watch):
+            text = "".join(d.text for d in deltas)
+            if text:
                 if first_token_at is None:
                     first_token_at = time.monotonic()
-                parts.append(delta.text)
-                writer.token(delta.text)
+                parts.append(text)
+                writer.token(text)
+            delta = deltas[-1]  # only the last of them may be final
             message.token_count = delta.token_count
             if delta.finished:
                 ended = True
@@ -276,8 +287,8 @@ class _TurnWatch:
     """Everything a running turn checks while it waits: the Stop flag, and its own heartbeat.
 
     `check_stop_and_beat()` is polled while routing waits for a remote's first token, while the
-    local engine still queues the request, and between deltas. It reads the Stop flag at most every
-    STOP_POLL_INTERVAL_S, and writes: it touches the row every HEARTBEAT_INTERVAL_S, so the
+    local engine still queues the request, and between deltas. It reads the Stop flag as the
+    process's `streams.stop_flags` last read it (every STOP_POLL_S), and writes: it touches the row every HEARTBEAT_INTERVAL_S, so the
     stale-turn sweeper does not take a long wait, or a long answer, for a dead worker. A heartbeat
     that finds the row no longer streaming (the sweeper failed it, or it was deleted) stops the
     turn too: nobody will store its answer.
@@ -286,17 +297,18 @@ class _TurnWatch:
     def __init__(self, message: Message) -> None:
         self.message = message
         self.stop = False
-        self.last_stop_poll = 0.0
         self.last_heartbeat = time.monotonic()
+        # The process reads every running turn's Stop flag at once (streams.StopFlags).
+        self.stop_key = streams.stop_flags.watch(message)
+
+    def close(self) -> None:
+        streams.stop_flags.unwatch(self.stop_key)
 
     def check_stop_and_beat(self) -> bool:
         """Whether the turn must stop; beats the heartbeat when one is due."""
         now = time.monotonic()
-        if not self.stop and now - self.last_stop_poll >= STOP_POLL_INTERVAL_S:
-            self.last_stop_poll = now
-            # Redis restarting: the Stop flag is read again on the next poll.
-            with contextlib.suppress(*outages.REDIS_ERRORS):
-                self.stop = streams.is_cancel_requested(self.message)
+        if not self.stop:
+            self.stop = streams.stop_flags.is_set(self.stop_key)
         if not self.stop and now - self.last_heartbeat >= HEARTBEAT_INTERVAL_S:
             self.last_heartbeat = now
             self.stop = not self._beat()
@@ -324,18 +336,23 @@ class _TurnWatch:
         return alive
 
 
-def _watched_deltas(handle: StreamHandle, watch: _TurnWatch) -> Iterator[Delta]:
-    """The handle's deltas up to the final one. While none arrives (the local engine may queue the
-    request behind others for a long time), and between them, the watch is polled, and Stop
-    cancels the request: the handle then ends with a "cancelled" delta."""
+def _watched_deltas(handle: StreamHandle, watch: _TurnWatch) -> Iterator[list[Delta]]:
+    """The handle's deltas up to the final one, in runs: each run is what had queued up by the time
+    the turn read it (one delta, unless the worker fell behind; it then catches up with one chunk
+    write instead of one per token). While none arrives (the local engine may queue the request
+    behind others for a long time), and between them, the watch is polled, and Stop cancels the
+    request: the handle then ends with a "cancelled" delta."""
     while True:
         delta = handle.next_delta(timeout=STOP_POLL_INTERVAL_S)
         if watch.check_stop_and_beat():
             handle.cancel()  # idempotent: the Stop flag stays set
         if delta is None:
             continue
-        yield delta
-        if delta.finished:
+        run = [delta]
+        while not run[-1].finished and (queued := handle.next_delta(timeout=0)) is not None:
+            run.append(queued)
+        yield run
+        if run[-1].finished:
             return
 
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -61,8 +61,12 @@ def ws_connect(base_url: str, conversation_id: int, session_key: str, **kwargs: 
 
 
 async def chat_turn(base_url: str, conversation_id: int, session_key: str, text: str, client_id: str = "",
-                    timeout_s: float = 120.0, handshake_retries: int = 0) -> TurnResult:
-    """Submits one question over a real WebSocket and reads its frames up to the turn's `end`."""
+                    timeout_s: float = 120.0, handshake_retries: int = 0,
+                    connected: Callable[[], Awaitable[None]] | None = None) -> TurnResult:
+    """Submits one question over a real WebSocket and reads its frames up to the turn's `end`.
+
+    `connected`, when given, is awaited between the handshake and the submit (a load test holds
+    every client there until all are connected, so the streams run together)."""
     import asyncio
 
     from websockets.exceptions import InvalidHandshake
@@ -79,6 +83,8 @@ async def chat_turn(base_url: str, conversation_id: int, session_key: str, text:
             result.handshake_retries += 1
             await asyncio.sleep(random.random() * min(30.0, 0.5 * 2 ** attempt))
     async with ws:
+        if connected is not None:
+            await connected()
         await ws.send(json.dumps({"type": "submit", "text": text, "client_id": client_id}))
         last: float | None = None
         async with asyncio.timeout(timeout_s):

@@ -73,7 +73,10 @@ def test_it_streams_a_hundred_concurrent_turns_without_a_dropped_chunk(world, ca
     expected = "".join(chunk_text(n) for n in range(1, TOKENS + 1))
     assert [r.status for r in results] == ["done"] * STREAMS, [r.error for r in results if r.status != "done"]
     for r in results:
-        assert r.seqs == list(range(1, TOKENS + 1)) and r.text == expected, r.frames[:3]
+        # Every token, in order, each once. A worker that falls behind writes the tokens that queued
+        # up as one chunk (chat.turns._watched_deltas), so there may be fewer chunks than tokens, but
+        # their numbers have no gap.
+        assert r.seqs == list(range(1, len(r.seqs) + 1)) and r.text == expected, r.frames[:3]
     # No turn holds a connection while it streams: the worker and the web server each share their
     # pool, where a hundred turns used to hold a hundred.
     assert 0 < peak["connections"] <= 2 * settings.DB_POOL_MAX_SIZE

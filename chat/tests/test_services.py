@@ -92,3 +92,26 @@ def test_it_renders_markdown_without_raw_html() -> None:
     assert "<script" not in html and "<img" not in html and 'href="javascript' not in html
     assert "&lt;script&gt;" in html  # shown as text, not dropped
     assert '<pre><code class="language-python">' in html and "&lt;b&gt;" in html
+
+
+def test_the_worker_reads_every_running_turns_stop_flag_in_one_poll(
+    world, conversation, django_capture_on_commit_callbacks
+) -> None:
+    """The gpu worker reads all its turns' Stop flags together (streams.StopFlags): a Stop pressed
+    on one turn reaches that turn only, and a turn that ended is no longer read."""
+    with django_capture_on_commit_callbacks(execute=False), tenant_context(world.tenant_a.pk):
+        _, first = services.message_submit(conversation=conversation, text="one", actor=actor(world))
+        _, second = services.message_submit(conversation=conversation, text="two", actor=actor(world))
+    flags = streams.StopFlags(poll_s=3600)  # polled by hand below, not by its thread
+    first_key, second_key = flags.watch(first), flags.watch(second)
+    flags.poll()
+    assert not flags.is_set(first_key) and not flags.is_set(second_key)
+
+    streams.cancel_request(second)
+    assert not flags.is_set(second_key)  # until the next poll
+    flags.poll()
+    assert flags.is_set(second_key) and not flags.is_set(first_key)
+
+    flags.unwatch(second_key)
+    flags.poll()
+    assert not flags.is_set(second_key)
