@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from typing import Any, cast
 
 from asgiref.sync import sync_to_async
@@ -51,6 +52,22 @@ MAX_SEQ = 2**63
 QUEUE_POSITION_INTERVAL_S = 1.0
 
 
+def on_any_thread(func: Any) -> Any:
+    """The consumer's database work (and rendering), on any thread of the event loop's pool.
+
+    channels' `database_sync_to_async` runs everything on one shared thread by default. With
+    hundreds of sockets, that one thread queued every socket's submit and renders behind each
+    other's: a turn was answered in time, but its page started to follow the answer tens of seconds
+    late (bench/load_streams.py). None of this work needs a particular thread: each call is its own
+    transaction on a pooled connection, which channels gives back after the call.
+    """
+    return database_sync_to_async(func, thread_sensitive=False)
+
+
+def _render(message: Message) -> str:
+    return render_to_string("chat/conversation.html#message", {"message": message})
+
+
 class AccessChanged(Exception):
     """The user's membership or account is no longer active (or moved): the socket must close."""
 
@@ -67,7 +84,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         # On any pool thread, not channels' one shared thread: a storm of reconnecting tabs must
         # not queue every handshake behind the others (deepseek_web/websocket_auth.py).
-        found = await database_sync_to_async(self._load_conversation, thread_sensitive=False)(user)
+        found = await on_any_thread(self._load_conversation)(user)
         if found is None:
             # Refused before accept: another tenant's (or unknown) id learns nothing.
             await self.close(code=CLOSE_NOT_FOUND)
@@ -108,7 +125,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _renew_slot(self) -> None:
         while True:
-            await asyncio.sleep(socket_limits.RENEW_S)
+            # Spread: tabs that connected together (a restart, a load test) must not all renew in
+            # the same instant, every RENEW_S.
+            await asyncio.sleep(socket_limits.RENEW_S * random.uniform(0.5, 1.0))
             try:
                 await socket_limits.renew(self.redis, **self._slot())
             except Exception:  # logged: a Redis hiccup must not close the socket; the next renewal retries
@@ -129,7 +148,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         relays = list(getattr(self, "relays", {}).values())
         for task in relays:
             task.cancel()
-        # Wait for the relays to unwind so their blocking XREADs release the connection.
+        # Wait for the relays to unwind, so they stop following their streams (streams.StreamHub).
         await asyncio.gather(*relays, return_exceptions=True)
         renewal = getattr(self, "slot_renewal", None)
         if renewal is not None:
@@ -181,7 +200,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._error("A message needs text.", client_id=client_id)
             return
         try:
-            user_message, reply = await self._store_turn(text, client_id)
+            reply, user_html, reply_html = await self._store_turn(text, client_id)
         except services.ChatInputError as exc:
             # Refused (validation, quota): an error frame, and the socket stays open.
             await self._error(str(exc), client_id=client_id)
@@ -208,16 +227,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     "message_id": reply.pk,
                     # The first question names a new conversation; the sidebar shows it at once.
                     "title": self.conversation.title,
-                    "user_html": await self._render(user_message),
-                    "reply_html": await self._render(reply),
+                    "user_html": user_html,
+                    "reply_html": reply_html,
                 }
             )
         )
         if not reply.is_final:  # a re-sent submit of a finished turn: reply_html is the answer
             self._start_relay(reply, 0)
 
-    @database_sync_to_async
-    def _store_turn(self, text: str, client_id: str) -> tuple[Message, Message]:
+    @on_any_thread
+    def _store_turn(self, text: str, client_id: str) -> tuple[Message, str, str]:
+        """Stores the turn and renders both messages in one trip to the pool: under a burst of
+        submits, each further trip waited behind every other socket's, and the relay with it."""
         with self._tenant():
             # Access is checked again on every submit: the socket may have outlived it.
             membership = membership_get_exact(self.user, self.membership.tenant_id)
@@ -228,14 +249,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             conversation = conversation_get_for_user(self.user, self.membership.tenant, self.conversation.pk)
             self.conversation = conversation
             # The same client id again (a re-send after a lost confirmation) returns the stored turn.
-            return services.message_submit(
+            user_message, reply = services.message_submit(
                 conversation=conversation, text=text, actor=actor_from_scope(self.scope, self.membership.role),
                 client_id=client_id,
             )
-
-    @database_sync_to_async
-    def _render(self, message: Message) -> str:
-        return render_to_string("chat/conversation.html#message", {"message": message})
+        return reply, _render(user_message), _render(reply)
 
     # -- resume and stop ------------------------------------------------------------------------
 
@@ -255,12 +273,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         await self._cancel(message)
 
-    @database_sync_to_async
+    @on_any_thread
     def _cancel(self, message: Message) -> None:
         with self._tenant():
             services.message_cancel(message=message, actor=actor_from_scope(self.scope, self.membership.role))
 
-    @database_sync_to_async
+    @on_any_thread
     def _message_from_frame(self, frame: dict[str, Any]) -> Message | None:
         try:
             with self._tenant():
@@ -319,19 +337,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
         current = await self._get_message(message_id)
         return current is not None and current.is_final
 
-    @database_sync_to_async
+    @on_any_thread
     def _get_message(self, message_id: int) -> Message | None:
         with self._tenant():
             return message_find(message_id)
 
     async def _send_end(self, message_id: int, seq: int) -> None:
-        message = await self._get_message(message_id)
-        if message is None:  # deleted with its conversation meanwhile
+        found = await self._get_rendered_message(message_id)
+        if found is None:  # deleted with its conversation meanwhile
             return
+        message, html = found
         await self._send_json(
-            type="end", message_id=message_id, seq=seq, status=message.status,
-            error=message.error, html=await self._render(message),
+            type="end", message_id=message_id, seq=seq, status=message.status, error=message.error, html=html,
         )
+
+    @on_any_thread
+    def _get_rendered_message(self, message_id: int) -> tuple[Message, str] | None:
+        with self._tenant():
+            message = message_find(message_id)
+            return None if message is None else (message, _render(message))
 
     async def _send_json(self, **payload: Any) -> None:
         await self.send(text_data=json.dumps(payload))

@@ -12,9 +12,11 @@ Entry kinds:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,12 +34,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 READ_BLOCK_MS = 5000
+# The stream hub's rounds (`StreamHub`): how long one XREAD waits for a first entry, how long
+# entries then gather before the next, and the pause after a failed read.
+HUB_BLOCK_MS = 50
+HUB_GATHER_S = 0.01
+HUB_RETRY_S = 0.5
 # How often a worker process reads the Stop flags of the turns it runs (`StopFlags`).
 STOP_POLL_S = 0.2
 
 
 def reader_client() -> aioredis.Redis:
-    """A new asyncio client for one reader of streams (see `read_after`); the caller closes it."""
+    """A new asyncio client for a reader of streams (a `StreamHub`, or a caller that only asks
+    whether a stream exists); the caller closes it."""
     return async_client(socket_timeout=READ_BLOCK_MS / 1000 + 25)
 
 
@@ -194,15 +202,82 @@ class StopFlags:
 stop_flags = StopFlags()
 
 
-async def read_after(
-    client: aioredis.Redis, message: Message, last_seq: int, block_ms: int = READ_BLOCK_MS
-) -> list[StreamEntry]:
-    """Entries numbered above `last_seq`, waiting up to `block_ms` for the first one."""
-    key = stream_key(message)
-    result: Any = await client.xread({key: f"{last_seq}-0"}, block=block_ms, count=500)
-    if not result:
-        return []
-    return _parse(result[0][1])
+class Follower:
+    """One reader of one stream, registered with its process's `StreamHub`: the entries numbered
+    above `last_seq` arrive in `batches`, in order, as the hub reads them."""
+
+    def __init__(self, key: str, last_seq: int) -> None:
+        self.key = key
+        self.last_seq = last_seq
+        self.batches: asyncio.Queue[list[StreamEntry]] = asyncio.Queue()
+
+
+class StreamHub:
+    """Every stream the followers of one event loop (one daphne process) follow, read together.
+
+    Each socket used to block in an XREAD of its own, on a Redis connection of its own: 500 open
+    answers meant 500 connections and 2,500 round trips a second, each parsed on daphne's one event
+    loop, and the answers fell seconds behind (bench/load_streams.py). The hub sends one XREAD for
+    all followed streams; it waits up to HUB_BLOCK_MS for the first entry of any of them, hands
+    each follower its new entries, then lets entries gather for HUB_GATHER_S before the next round,
+    so a busy process reads many chunks per round trip. It runs while anyone follows; through a
+    Redis outage it retries, and every follower resumes from its own last entry.
+    """
+
+    def __init__(self) -> None:
+        self._followers: dict[str, set[Follower]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def follow(self, key: str, last_seq: int) -> Follower:
+        follower = Follower(key, last_seq)
+        self._followers.setdefault(key, set()).add(follower)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._read_rounds())
+        return follower
+
+    def unfollow(self, follower: Follower) -> None:
+        group = self._followers.get(follower.key)
+        if group is not None:
+            group.discard(follower)
+            if not group:
+                del self._followers[follower.key]
+
+    async def _read_rounds(self) -> None:
+        client = reader_client()
+        try:
+            while self._followers:
+                # Each stream from the earliest position any of its followers still needs.
+                positions: dict[Any, Any] = {key: f"{min(f.last_seq for f in group)}-0"
+                                             for key, group in self._followers.items()}
+                try:
+                    result: Any = await client.xread(positions, block=HUB_BLOCK_MS, count=500)
+                except outages.REDIS_ERRORS:
+                    logger.warning("reading the token streams failed; retrying", exc_info=True)
+                    await asyncio.sleep(HUB_RETRY_S)
+                    continue
+                for key, raw in result or []:
+                    entries = _parse(raw)
+                    for follower in list(self._followers.get(key, ())):
+                        new = [entry for entry in entries if entry.seq > follower.last_seq]
+                        if new:
+                            follower.last_seq = new[-1].seq
+                            follower.batches.put_nowait(new)
+                if result:
+                    await asyncio.sleep(HUB_GATHER_S)
+        finally:
+            await client.aclose()
+
+
+# One hub per event loop: asyncio Redis clients belong to the loop that made them.
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, StreamHub] = weakref.WeakKeyDictionary()
+
+
+def stream_hub() -> StreamHub:
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = StreamHub()
+    return hub
 
 
 async def follow(client: aioredis.Redis, message: Message, last_seq: int, *,
@@ -211,28 +286,37 @@ async def follow(client: aioredis.Redis, message: Message, last_seq: int, *,
     """Every entry numbered above `last_seq`, in order, up to and including the turn's `end`.
 
     The one loop that follows a reply live: the chat page's WebSocket and the API's SSE relay
-    both read through it. A turn whose stream expired after it ended (`is_final` says so, from
-    the stored row) yields one bare `end` numbered `last_seq`. With `keepalive_s`, a `keepalive`
-    entry (numbered 0) comes whenever nothing else came for that long, so a caller can keep an
-    idle connection open while the turn waits for a worker.
+    both read through it, from the process's `StreamHub`. A turn whose stream expired after it
+    ended (`is_final` says so, from the stored row; `client` asks Redis whether the stream is
+    there) yields one bare `end` numbered `last_seq`. With `keepalive_s`, a `keepalive` entry
+    (numbered 0) comes whenever nothing else came for that long, so a caller can keep an idle
+    connection open while the turn waits for a worker.
     """
-    quiet_since = time.monotonic()
-    while True:
-        entries = await read_after(client, message, last_seq)
-        if not entries:
-            if not await client.exists(stream_key(message)) and await is_final():
-                yield StreamEntry(seq=last_seq, kind="end", fields={})
-                return
-            if keepalive_s is not None and time.monotonic() - quiet_since >= keepalive_s:
-                quiet_since = time.monotonic()
-                yield StreamEntry(seq=0, kind="keepalive", fields={})
-            continue
+    hub = stream_hub()
+    key = stream_key(message)
+    follower = hub.follow(key, last_seq)
+    try:
         quiet_since = time.monotonic()
-        for entry in entries:
-            last_seq = entry.seq
-            yield entry
-            if entry.kind == "end":
-                return
+        while True:
+            try:
+                entries = await asyncio.wait_for(follower.batches.get(), READ_BLOCK_MS / 1000)
+            except TimeoutError:
+                entries = []
+            if not entries:
+                if not await client.exists(key) and await is_final():
+                    yield StreamEntry(seq=follower.last_seq, kind="end", fields={})
+                    return
+                if keepalive_s is not None and time.monotonic() - quiet_since >= keepalive_s:
+                    quiet_since = time.monotonic()
+                    yield StreamEntry(seq=0, kind="keepalive", fields={})
+                continue
+            quiet_since = time.monotonic()
+            for entry in entries:
+                yield entry
+                if entry.kind == "end":
+                    return
+    finally:
+        hub.unfollow(follower)
 
 
 def read_all(message: Message) -> list[StreamEntry]:
