@@ -1,0 +1,171 @@
+"""Outsider sweep, part 1: insecure direct object references, on every URL pattern of the project.
+
+Every route found by walking Django's resolver (chat, /knowledge/, /settings/, /audit/, the REST
+API under /api/, the OpenAI-compatible /v1/, and Django admin, which tenant owners reach: it is not
+for superusers only) gets each of its path parameters filled with tenant B's ids, and is requested
+by every user of tenant A with GET and every unsafe method it accepts, with a valid CSRF token so
+CSRF is never what refuses it. A leak is any answer (or the page a redirect leads to) that shows a
+canary of tenant B, or any change to B's rows as the owner role reads them. /v1 is swept again
+with tenant A's API keys. A route the walker cannot fill must be listed in `UNFILLED` with why.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from chat.models import Conversation, Message
+from tenants.models import Role, Tenant
+from tenants.rls import tenant_context
+from tests.outsider_sweep import (
+    ID_KEYS,
+    METHODS,
+    ROLES,
+    UNFILLED,
+    Ledger,
+    Tenantry,
+    body_of,
+    canaries_in,
+    changed,
+    fill,
+    followed,
+    form_body,
+    is_csrf_refusal,
+    query_of,
+    routes,
+    row_snapshots,
+    send,
+    session_client,
+)
+
+
+@pytest.mark.django_db
+def test_it_fills_every_route_or_lists_why() -> None:
+    """A new route whose parameters the walker cannot fill fails here until it gets a filler or a
+    line in UNFILLED; so does a line in UNFILLED whose route is gone."""
+    ids = {key: [1] for key in ID_KEYS}
+    found = routes()
+    unfilled = [r.route for r in found if r.route not in UNFILLED and fill(r, ids) is None]
+    assert not unfilled, f"routes the outsider sweep cannot fill (add a filler, or list them in UNFILLED): {unfilled}"
+    assert not set(UNFILLED) - {r.route for r in found}, "UNFILLED lists routes that no longer exist"
+    assert len(found) > 80  # the walker went into every include, admin's model pages among them
+    from chat.websocket_urls import websocket_urlpatterns
+
+    # The one WebSocket route is swept in test_outsider_sweep_csrf.py; a new one needs its own case there.
+    assert [str(p.pattern) for p in websocket_urlpatterns] == ["ws/chat/<int:conversation_id>/"]
+
+
+def _quota_spent(a: Tenantry) -> None:
+    """Tenant A may send no more messages: a /v1 request that got past an access check by mistake is
+    refused at its last step (429) instead of queueing a turn that no worker answers."""
+    with tenant_context(a.tenant.pk):
+        Tenant.objects.filter(pk=a.tenant.pk).update(quota_messages_per_user_day=1, quota_tokens_per_month=1)
+        for user in a.users.values():
+            conversation = Conversation.objects.create(tenant=a.tenant, user=user, title="quota")
+            Message.objects.create(tenant=a.tenant, conversation=conversation, role=Message.Role.USER, content="q")
+
+
+def _v1_body(b: Tenantry) -> dict[str, object]:
+    return {"model": f"deepseek-web:kb:{b.ids['knowledge_base_id'][0]}", "user": str(b.ids["user_id"][0]),
+            "messages": [{"role": "user", "content": f"Summarise conversation {b.ids['conversation_id'][0]}"}]}
+
+
+def _check(ledger: Ledger, client: Client, b: Tenantry, what: str, response: object) -> None:
+    """Counts one answer; notes a leak, a 5xx, or a CSRF refusal (which would make the attempt vacuous)."""
+    ledger.record(response)
+    status = response.status_code  # type: ignore[attr-defined]
+    if status >= 500:
+        ledger.findings.append(f"{what}: {status}")
+    if is_csrf_refusal(response):
+        ledger.findings.append(f"{what}: refused by CSRF, so the attempt proved nothing")
+    if found := canaries_in(body_of(response), b):
+        ledger.findings.append(f"{what}: {status} shows {found}")
+    after = followed(client, response)
+    if after is not None and (found := canaries_in(body_of(after), b)):
+        ledger.findings.append(f"{what}: redirect to {response['Location']} shows {found}")  # type: ignore[index]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_leaks_nothing_of_tenant_b_to_tenant_a_on_any_route(outsiders, settings) -> None:
+    a, b = outsiders
+    _quota_spent(a)
+    settings.API_RATE_BURST = 10_000  # the per-key rate limit has its own tests
+    _sessions_sweep(a, b)
+    _api_keys_sweep(a, b)
+
+
+def _sessions_sweep(a: Tenantry, b: Tenantry) -> None:
+    ledger = Ledger("IDOR, session of each user of tenant A, tenant B's ids")
+    clients = {role: session_client(a.users[role]) for role in ROLES}
+    # The sweep of admin is meaningful: tenant A's owner is let in (it is not for superusers only).
+    assert clients[Role.OWNER].get("/admin/").status_code == 200
+    swept_routes = 0
+    with row_snapshots(b) as snapshot:
+        for route in routes():
+            urls = fill(route, b.ids)
+            if urls is None:
+                continue
+            swept_routes += 1
+            before = snapshot()
+            accepted: list[str] | None = None
+            for role in ROLES:
+                client = clients[role]
+                for url in urls:
+                    tried = []
+                    for method in accepted or route.methods:
+                        data = (_v1_body(b) if route.bearer and method != "get" else
+                                query_of(b) if method == "get" else form_body(b, ledger.attempts))
+                        response = send(client, method, url, data=data, json_body=route.bearer and method != "get")
+                        _check(ledger, client, b, f"{role} {method.upper()} {url}", response)
+                        if response.status_code != 405:
+                            tried.append(method)
+                    accepted = accepted or tried
+                    if "_auth_user_id" not in client.session:  # a logout route ended the session
+                        client.force_login(a.users[role])
+            if tables := changed(before, snapshot()):
+                ledger.findings.append(f"{route.route}: tenant B's rows changed in {tables}")
+    ledger.extra |= {"routes": swept_routes, "listed_unfilled": len(UNFILLED)}
+    ledger.report()
+    assert ledger.attempts > 500
+    assert not ledger.findings, "\n".join(ledger.findings)
+    # The canaries are findable: tenant B's own employee sees hers on the same pages.
+    own = session_client(b.users[Role.EMPLOYEE])
+    page = body_of(own.get(reverse("chat:conversation_detail", args=[b.ids["conversation_id"][0]])))
+    assert b.canary("titleemployee") in page and b.canary("answeremployee") in page
+
+
+def _api_keys_sweep(a: Tenantry, b: Tenantry) -> None:
+    ledger = Ledger("IDOR, /v1 with each API key of tenant A, tenant B's ids")
+    v1_routes = [r for r in routes() if r.bearer]
+    assert {r.name for r in v1_routes} == {"openai:model_list", "openai:model_detail", "openai:chat_completions"}
+    with row_snapshots(b) as snapshot:
+        before = snapshot()
+        for role, key in a.api_keys.items():
+            client = Client(HTTP_AUTHORIZATION=f"Bearer {key}", raise_request_exception=False)
+            for route in v1_routes:
+                for url in fill(route, b.ids) or []:
+                    for method in METHODS:
+                        for stream in (False, True) if method == "post" else (False,):
+                            data = {**_v1_body(b), "stream": stream} if method != "get" else query_of(b)
+                            response = send(client, method, url, data=data, json_body=method != "get")
+                            _check(ledger, client, b, f"{role} key {method.upper()} {url}", response)
+                            # B's knowledge base is no model of A's: 404, or 405 for a wrong method.
+                            expected = (200,) if route.name == "openai:model_list" and method == "get" else (404, 405)
+                            if response.status_code not in expected:
+                                ledger.findings.append(f"{role} key {method.upper()} {url}: {response.status_code}"
+                                                       f" {body_of(response)[:200]}")
+            # And tenant B's key ids, names and models are nowhere in A's model list.
+            listing = json.loads(body_of(client.get("/v1/models")))
+            if {m["id"] for m in listing["data"]} & {f"deepseek-web:kb:{i}" for i in b.ids["knowledge_base_id"]}:
+                ledger.findings.append(f"{role} key: /v1/models lists tenant B's knowledge bases")
+        if tables := changed(before, snapshot()):
+            ledger.findings.append(f"/v1: tenant B's rows changed in {tables}")
+    ledger.report()
+    assert ledger.attempts > 50
+    assert not ledger.findings, "\n".join(ledger.findings)
+    # B's own key does see its knowledge base: the model ids above were real.
+    own = Client(HTTP_AUTHORIZATION=f"Bearer {b.api_keys[Role.EMPLOYEE]}")
+    assert own.get(f"/v1/models/deepseek-web:kb:{b.ids['knowledge_base_id'][0]}").status_code == 200
