@@ -1,0 +1,106 @@
+"""Outsider sweep, part 5: cross-site request forgery, and the chat WebSocket from another origin.
+
+Every route and unsafe method that the walker finds and that the route accepts (the same request
+with a valid token is not answered 405) is sent again from a signed-in browser without a CSRF
+token, as a forged cross-site form would arrive: each must be refused by the CSRF check (Django's,
+or DRF's for the session-authenticated REST API), never reach the view. The OpenAI-compatible /v1
+is left out by design: it authenticates by a bearer key, which no other site's page can send, and
+it reads no cookie (`CSRF_EXEMPT_BY_DESIGN`).
+
+The chat WebSocket has no CSRF token; its defence against cross-site hijacking is the Origin check
+(deepseek_web/websocket_origin.py, whose own tests cover its rules): here a signed-in user's socket
+from each foreign origin is refused, and so is tenant B's conversation from the page's own origin.
+"""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+
+from chat.models import Conversation
+from deepseek_web.tests.test_websocket_origin import connect
+from tenants.models import Role
+from tenants.rls import tenant_context
+from tests.outsider_sweep import (
+    UNSAFE_METHODS,
+    Ledger,
+    fill,
+    form_body,
+    is_csrf_refusal,
+    routes,
+    run_token,
+    send,
+    session_client,
+    tenantry_build,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CSRF_EXEMPT_BY_DESIGN = {
+    "v1/models": "the OpenAI-compatible API: a bearer key, never a cookie",
+    "v1/models/<str:model_id>": "the OpenAI-compatible API: a bearer key, never a cookie",
+    "v1/chat/completions": "the OpenAI-compatible API: a bearer key, never a cookie",
+}
+
+
+def test_it_refuses_every_unsafe_request_without_a_csrf_token(transactional_db) -> None:
+    a = tenantry_build(f"aside{run_token()}", ingest=False)
+    ledger = Ledger("CSRF: every unsafe method a route accepts, signed in, without a token")
+    found = routes()
+    assert {r.route for r in found if r.bearer} == set(CSRF_EXEMPT_BY_DESIGN)
+    for role in (Role.OWNER, Role.EMPLOYEE):
+        forged, honest = session_client(a.users[role], csrf=False), session_client(a.users[role])
+        for route in found:
+            if route.route in CSRF_EXEMPT_BY_DESIGN:
+                continue
+            for url in (fill(route, a.ids) or [])[:1]:
+                for method in route.methods:
+                    if method not in UNSAFE_METHODS:
+                        continue
+                    attack = send(forged, method, url, data=form_body(a, ledger.attempts))
+                    control = send(honest, method, url, data=form_body(a, ledger.attempts))
+                    if control.status_code == 405:
+                        continue  # the route does not take this method at all
+                    ledger.record(attack)
+                    if control.status_code >= 500:
+                        ledger.findings.append(f"{role} {method.upper()} {url} with a token: {control.status_code}")
+                    if is_csrf_refusal(control):
+                        ledger.findings.append(f"{role} {method.upper()} {url}: refused with a valid token too")
+                    if not is_csrf_refusal(attack):
+                        ledger.findings.append(f"{role} {method.upper()} {url}: accepted without a CSRF token"
+                                               f" ({attack.status_code})")
+                    for client in (forged, honest):
+                        if "_auth_user_id" not in client.session:  # the control may have logged out
+                            client.force_login(a.users[role])
+    ledger.extra["exempt_by_design"] = len(CSRF_EXEMPT_BY_DESIGN)
+    ledger.report()
+    assert ledger.attempts > 60
+    assert not ledger.findings, "\n".join(ledger.findings)
+
+
+FOREIGN_ORIGINS = ["http://evil.example", "https://evil.example", "http://evil.example:8000",
+                   "http://localhost.evil.example:8000", "http://localhost:9000", "https://localhost:8000", "null"]
+
+
+async def test_it_refuses_the_chat_socket_from_a_foreign_origin_and_for_another_tenant(world) -> None:
+    def conversations() -> tuple[int, int]:
+        with tenant_context(world.tenant_a.pk):
+            own = Conversation.objects.create(tenant=world.tenant_a, user=world.alice).pk
+        with tenant_context(world.tenant_b.pk):
+            foreign = Conversation.objects.create(tenant=world.tenant_b, user=world.charlie).pk
+        return own, foreign
+
+    own, foreign = await database_sync_to_async(conversations)()
+    ledger = Ledger("WebSocket: a foreign Origin, and tenant B's conversation, as users of tenant A")
+    for origin in FOREIGN_ORIGINS:
+        ledger.attempts += 1
+        if await connect(world.alice, own, host="localhost:8000", origin=origin):
+            ledger.findings.append(f"a socket from {origin} was accepted")
+    for user in (world.alice, world.bob, world.dora, world.erin):
+        ledger.attempts += 1
+        if await connect(user, foreign, host="localhost:8000", origin="http://localhost:8000"):
+            ledger.findings.append(f"{user.username} opened tenant B's conversation {foreign}")
+    ledger.report()
+    assert not ledger.findings, "\n".join(ledger.findings)
+    # The same socket from the page's own origin opens: the refusals above were the origin's doing.
+    assert await connect(world.alice, own, host="localhost:8000", origin="http://localhost:8000")
