@@ -179,20 +179,23 @@ def tenantry_build(label: str, *, ingest: bool = True) -> Tenantry:
 
         events = list(AuditEvent.objects.filter(tenant=tenant).order_by("seq").values_list("pk", flat=True))
         chunks = list(Chunk.objects.filter(tenant=tenant).values_list("pk", flat=True))
-    side.ids = {  # keyed by path parameter name where one exists (ID_KEYS)
+    # Keyed by path parameter name where one exists (ID_KEYS). One object of each kind is pointed at,
+    # but a shared and a private knowledge base and a document of each: their access rules differ.
+    side.ids = {
         "tenant_id": [tenant.pk],
-        "user_id": [users[Role.EMPLOYEE].pk, users[Role.OWNER].pk],
-        "membership_id": [memberships[Role.EMPLOYEE].pk, memberships[Role.OWNER].pk],
-        "conversation_id": [c.pk for c in conversations],
-        "message_id": [m.pk for m in messages],
-        "event_id": events[-2:],
+        "user_id": [users[Role.EMPLOYEE].pk],
+        "membership_id": [memberships[Role.EMPLOYEE].pk],
+        "conversation_id": [conversations[0].pk],
+        "message_id": [messages[0].pk],
+        "event_id": events[-1:],
         "knowledge_base_id": [shared.pk, private.pk],
         "document_id": [d.pk for d in documents],
-        "chunk_id": chunks[:2],
+        "chunk_id": chunks[:1],
         "source_id": [source.pk],
-        "api_key_id": _api_key_ids(tenant),
+        "api_key_id": _api_key_ids(tenant)[:1],
         "group_id": [group.pk],
-        **_axes_ids([users[Role.EMPLOYEE].username, users[Role.COMPLIANCE].username]),
+        **{key: ids[:1] for key, ids in
+           _axes_ids([users[Role.EMPLOYEE].username, users[Role.COMPLIANCE].username]).items()},
     }
     assert set(side.ids) == set(ID_KEYS)
     return side
@@ -208,7 +211,7 @@ def _api_key_ids(tenant: Tenant) -> list[int]:
     from openai_api.models import ApiKey
 
     with tenant_context(tenant.pk):
-        return sorted(ApiKey.objects.filter(tenant=tenant).values_list("pk", flat=True))[:2]
+        return sorted(ApiKey.objects.filter(tenant=tenant).values_list("pk", flat=True))
 
 
 def _axes_ids(usernames: list[str]) -> dict[str, list[int]]:
@@ -403,7 +406,7 @@ def query_of(b: Tenantry) -> dict[str, Any]:
     ids = b.ids
     return {"conversation": ids["conversation_id"][0], "tenant": ids["tenant_id"][0],
             "knowledge_base": ids["knowledge_base_id"][0], "chunk": ids["chunk_id"][0],
-            "target": f"conversation:{ids['conversation_id'][0]}", "format": "json",
+            "target": f"conversation:{ids['conversation_id'][0]}", "actor": ids["user_id"][0], "format": "json",
             "app_label": "tenants", "model_name": "membership", "field_name": "user"}
 
 

@@ -189,8 +189,11 @@ def _pages(a: Tenantry, b: Tenantry, echoes: Echoes) -> None:
                 answer = send(clients[role], "get", url, data=_search_query(b, echoes, offset, control=False))
                 if answer.status_code == 405:  # a POST-only route: nothing to search
                     break
-                control = send(clients[role], "get", url, data=_search_query(b, echoes, offset, control=True))
                 ledger.record(answer)
+                if b.label not in body_of(answer):
+                    continue  # nothing of B at all, not even the query: no control needed
+                ledger.count("echoes_compared")
+                control = send(clients[role], "get", url, data=_search_query(b, echoes, offset, control=True))
                 if found := echoes.leaks(body_of(answer), body_of(control)):
                     ledger.findings.append(f"{role} GET {url}: {answer.status_code} shows {found}")
     for key_role, key in a.api_keys.items():
@@ -198,8 +201,10 @@ def _pages(a: Tenantry, b: Tenantry, echoes: Echoes) -> None:
         for url in ["/v1/models", *[f"/v1/models/deepseek-web:kb:{i}" for i in a.ids["knowledge_base_id"]]]:
             offset = ledger.attempts
             answer = client.get(url, _search_query(b, echoes, offset, control=False))
-            control = client.get(url, _search_query(b, echoes, offset, control=True))
             ledger.record(answer)
+            if b.label not in body_of(answer):
+                continue
+            control = client.get(url, _search_query(b, echoes, offset, control=True))
             if found := echoes.leaks(body_of(answer), body_of(control)):
                 ledger.findings.append(f"{key_role} key GET {url}: shows {found}")
     ledger.report()

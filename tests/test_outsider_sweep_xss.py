@@ -25,6 +25,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.db import connection
 from django.urls import reverse
+from django.utils.html import escape
 
 from audit.models import AuditEvent
 from audit.services import SYSTEM
@@ -211,6 +212,10 @@ def _walk(a: Tenantry, ids: dict[str, list[int]], scan: Scan) -> None:
 
 
 def test_it_never_renders_a_payload_as_markup(transactional_db, settings) -> None:
+    # The scanner sees each payload when it is markup, and none when it is escaped text.
+    assert all(injected_markup(f"<p>{p}</p>") for p in XSS_PAYLOADS if "<" in p)
+    assert injected_markup(f'<a href="{XSS_PAYLOADS[2]}">x</a>')
+    assert not any(injected_markup(f'<p>{escape(p)}</p><a href="/x" title="{escape(p)}">x</a>') for p in XSS_PAYLOADS)
     a = tenantry_build(f"aside{run_token()}")
     scan = Scan()
     planted = _plant(a, scan)
@@ -245,3 +250,79 @@ def test_it_never_renders_a_payload_as_markup(transactional_db, settings) -> Non
     ledger.report()
     assert ledger.extra.get("pages_showing_a_payload", 0) > 50  # the payloads were on the pages scanned
     assert not ledger.findings, "\n".join(ledger.findings)
+
+
+# In the page: markup a payload made (an event handler or a script holding a marker, a javascript: URL).
+INJECTED_IN_DOM = """
+() => {
+  const found = [];
+  for (const el of document.querySelectorAll('*')) {
+    for (const attr of el.attributes) {
+      const value = attr.value.replace(/\\s/g, '').toLowerCase();
+      if (attr.name.startsWith('on') && attr.value.includes('XSSMARK')) found.push(el.tagName + ' ' + attr.name);
+      if (['href', 'src', 'action', 'formaction'].includes(attr.name) && value.startsWith('javascript:')) {
+        found.push(el.tagName + ' ' + attr.name + '=' + attr.value);
+      }
+    }
+    if (el.tagName === 'SCRIPT' && el.textContent.includes('XSSMARK')) found.push('SCRIPT ' + el.textContent);
+  }
+  return found;
+}
+"""
+# Registered before any page script: a blocked inline script or handler means escaping failed and
+# only the content security policy stopped it, which counts as a finding too.
+WATCH_CSP = """
+window.__violations = [];
+document.addEventListener('securitypolicyviolation', e => window.__violations.push(e.violatedDirective));
+"""
+
+
+@pytest.mark.browser
+def test_it_fires_no_dialog_on_the_chat_page_with_hostile_titles_messages_and_answers(
+        world, log_in, asgi_server, page) -> None:
+    from playwright.sync_api import expect
+
+    from chat.models import Message
+
+    with tenant_context(world.tenant_a.pk):
+        conversation = Conversation.objects.create(tenant=world.tenant_a, user=world.alice, title=XSS_PAYLOADS[3])
+        question = Message.objects.create(tenant=world.tenant_a, conversation=conversation, role="user", content=ALL)
+        Message.objects.create(tenant=world.tenant_a, conversation=conversation, role="assistant", reply_to=question,
+                               content=ALL + " [1]", citations=[{
+                                   "n": 1, "chunk_id": 1, "document_id": 1, "knowledge_base_id": 1, "page": None,
+                                   "document_title": XSS_PAYLOADS[0], "heading": XSS_PAYLOADS[1],
+                                   "snippet": XSS_PAYLOADS[3]}])
+    ledger = Ledger("XSS in Chromium: the chat page with hostile titles, messages and answers")
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.add_init_script(WATCH_CSP)
+
+    def inspect(stage: str) -> None:
+        ledger.attempts += 1
+        ledger.findings += [f"{stage}: injected {f}" for f in page.evaluate(INJECTED_IN_DOM)]
+        ledger.findings += [f"{stage}: blocked by the content security policy only: {v}"
+                            for v in page.evaluate("window.__violations")]
+
+    log_in(page, asgi_server, "alice", world.password)  # lands on the latest conversation: this one
+    expect(page.locator(".msg-assistant .msg-body")).to_contain_text("XSSMARK6")
+    inspect("the page as served")
+    # Rename it through the page's htmx form, then send the payloads over the socket: the server's
+    # answers go into the page through innerHTML.
+    page.click(".conv.active summary")
+    page.fill(".conv.active input[name=title]", XSS_PAYLOADS[0])
+    with page.expect_response(lambda response: "/rename/" in response.url):
+        page.click(".conv.active button:has-text('Rename')")
+    inspect("after the htmx rename")
+    page.fill("#prompt", ALL)
+    page.click("#send")
+    expect(page.locator(".msg-user")).to_have_count(2)
+    inspect("after the socket's submitted frame")
+    page.reload()
+    expect(page.locator(".msg-user")).to_have_count(2)
+    inspect("reloaded")
+    ledger.findings += [f"a dialog fired: {m}" for m in dialogs]
+    ledger.report()
+    assert not ledger.findings, "\n".join(ledger.findings)
+    # The payloads are there, as text.
+    expect(page.locator(".conv.active .conv-title")).to_have_text(XSS_PAYLOADS[0])
+    expect(page.locator(".msg-user").last).to_contain_text(XSS_PAYLOADS[1])
