@@ -56,9 +56,10 @@ class MembershipAdmin(TenantScopedAdmin):
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         form = super().get_form(request, obj, change=change, **kwargs)
-        tenant = getattr(request, "tenant", None)
-        if request.user.is_superuser or tenant is None:
+        active: Tenant | None = getattr(request, "tenant", None)
+        if request.user.is_superuser or active is None:
             return form  # the tenant is a field of the form: Django checks (tenant, user) itself
+        tenant = active
 
         class OwnerMembershipForm(form):  # type: ignore[misc, valid-type]  # a class made by modelform_factory
             def clean(self) -> dict[str, Any]:

@@ -7,8 +7,8 @@ and login records. Every text of tenant B carries a canary (`Tenantry.canary`), 
 export or a prompt that shows any of it is caught by a substring search.
 
 Then the tools the sweeps share: a walker over every URL pattern of the project that fills each
-path parameter with a tenant's object ids (a route it cannot fill must be listed in `UNFILLED`,
-or the inventory test fails); a snapshot of a tenant's rows as the owner role reads them, through
+path parameter with a tenant's object ids (a route it cannot fill must be listed, with why, in
+test_outsider_sweep_idor.UNFILLED, or the inventory test fails); a snapshot of a tenant's rows as the owner role reads them, through
 a connection of its own (so a write that the app role's request made is seen as committed);
 clients with and without a valid CSRF token; and a scanner that finds markup a payload injected
 into an HTML page.
@@ -27,21 +27,25 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urlsplit
 
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
+from django.utils import timezone
 from django.utils.crypto import get_random_string
 
-from audit.services import SYSTEM, actor_for
+from audit.models import AuditEvent
+from audit.services import SYSTEM, Actor, actor_for
 from chat import services as chat_services
-from chat.models import Conversation, Message
+from chat.models import Message
 from console.services import membership_create, tenant_create
-from knowledge.models import Chunk, Document, KnowledgeBase, KnowledgeSource
+from knowledge.models import Chunk, KnowledgeSource
 from knowledge.services.documents import documents_upload
 from knowledge.services.knowledge_bases import knowledge_base_create
 from knowledge.tests.test_pipeline import run_pipeline
+from openai_api.models import ApiKey
 from openai_api.services import api_key_create
 from tenants.models import Membership, Role, Tenant
 from tenants.rls import owner_connection, tenant_context
@@ -94,7 +98,7 @@ Book flights through the travel desk at least two weeks ahead.
 """
 
 
-def _role_actor(membership: Membership) -> Any:
+def _role_actor(membership: Membership) -> Actor:
     return actor_for(user_id=membership.user_id, role=membership.role, name=membership.user.get_username())
 
 
@@ -168,15 +172,10 @@ def tenantry_build(label: str, *, ingest: bool = True) -> Tenantry:
     # so that row is written as axes would write it, for its admin pages to point at.
     Client().post("/login/", {"username": users[Role.EMPLOYEE].username, "password": PASSWORD})
     Client().post("/login/", {"username": users[Role.COMPLIANCE].username, "password": "not-the-password"})
-    from axes.models import AccessFailureLog
-    from django.utils import timezone
-
     AccessFailureLog.objects.create(username=users[Role.COMPLIANCE].username, ip_address="127.0.0.1",
                                     user_agent="sweep", http_accept="*/*", path_info="/login/",
                                     attempt_time=timezone.now())
     with tenant_context(tenant.pk):
-        from audit.models import AuditEvent
-
         events = list(AuditEvent.objects.filter(tenant=tenant).order_by("seq").values_list("pk", flat=True))
         chunks = list(Chunk.objects.filter(tenant=tenant).values_list("pk", flat=True))
     # Keyed by path parameter name where one exists (ID_KEYS). One object of each kind is pointed at,
@@ -208,15 +207,11 @@ ID_KEYS = ("tenant_id", "user_id", "membership_id", "conversation_id", "message_
 
 
 def _api_key_ids(tenant: Tenant) -> list[int]:
-    from openai_api.models import ApiKey
-
     with tenant_context(tenant.pk):
         return sorted(ApiKey.objects.filter(tenant=tenant).values_list("pk", flat=True))
 
 
 def _axes_ids(usernames: list[str]) -> dict[str, list[int]]:
-    from axes.models import AccessAttempt, AccessFailureLog, AccessLog
-
     found = {key: list(model.objects.filter(username__in=usernames).values_list("pk", flat=True))
              for key, model in (("accessattempt_id", AccessAttempt), ("accesslog_id", AccessLog),
                                 ("accessfailurelog_id", AccessFailureLog))}
@@ -280,10 +275,6 @@ def routes() -> list[Route]:
     return found
 
 
-# Routes the walker cannot fill, each with why. Empty today: every parameter of every route has a
-# filler below. A new parameter name without one fails test_it_fills_every_route_or_lists_why.
-UNFILLED: dict[str, str] = {}
-
 # Which of a tenant's ids fill a Django-admin model page's `object_id` (and `id`).
 ADMIN_MODEL_IDS = {
     "tenants.tenant": "tenant_id", "tenants.membership": "membership_id", "auth.user": "user_id",
@@ -341,9 +332,8 @@ def _build(route: str, values: dict[str, str]) -> str:
 
 
 def fill(route: Route, ids: dict[str, list[int]]) -> list[str] | None:
-    """The URLs of `route` pointed at one tenant's objects; each resolves back to `route` itself."""
-    if route.route in UNFILLED:
-        return None
+    """The URLs of `route` pointed at one tenant's objects, each checked to resolve back to `route`
+    itself; None when a parameter has no filler (test_outsider_sweep_idor.UNFILLED must say why)."""
     combos = _fills(route, ids)
     if combos is None:
         return None
@@ -600,12 +590,35 @@ def multipart(files: list[tuple[str, bytes]], field_name: str = "files") -> tupl
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def kb_and_document_ids(side: Tenantry) -> tuple[list[int], list[int]]:
-    with tenant_context(side.tenant.pk):
-        return (list(KnowledgeBase.objects.values_list("pk", flat=True)),
-                list(Document.objects.values_list("pk", flat=True)))
 
+def cross_tenant_references() -> list[str]:
+    """Rows that point across tenants: a tenant row whose foreign key reaches another tenant's row,
+    or a user who is no member of the row's tenant. Read as the database superuser, since row-level
+    security would hide the far side of the reference from any other role."""
+    from audit.tests.attacker import superuser_connection
 
-def conversation_of(side: Tenantry, role: str) -> Conversation:
-    with tenant_context(side.tenant.pk):
-        return Conversation.objects.filter(user=side.users[role]).order_by("pk").first()  # type: ignore[return-value]
+    found = []
+    with superuser_connection() as conn:
+        keys = conn.execute(
+            "SELECT c.conrelid::regclass::text, a.attname, c.confrelid::regclass::text, r.attname"
+            " FROM pg_constraint c"
+            " JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]"
+            " JOIN pg_attribute r ON r.attrelid = c.confrelid AND r.attnum = c.confkey[1]"
+            " WHERE c.contype = 'f' AND c.conparentid = 0 AND cardinality(c.conkey) = 1 AND a.attname <> 'tenant_id'"
+            " AND EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = c.conrelid AND t.attname = 'tenant_id')"
+        ).fetchall()
+        for table, column, target, target_column in keys:
+            target_owned = conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = %s::regclass"
+                                        " AND attname = 'tenant_id'", [target]).fetchone()
+            if target_owned and target_owned[0]:
+                sql = (f"SELECT count(*) FROM {table} x JOIN {target} t ON x.{column} = t.{target_column}"
+                       " WHERE x.tenant_id IS DISTINCT FROM t.tenant_id")
+            elif target == "auth_user" and table != "tenants_membership":
+                sql = (f"SELECT count(*) FROM {table} x WHERE x.{column} IS NOT NULL AND NOT EXISTS"
+                       f" (SELECT 1 FROM tenants_membership m WHERE m.user_id = x.{column} AND m.tenant_id = x.tenant_id)")
+            else:
+                continue
+            row = conn.execute(sql).fetchone()
+            if row and row[0]:
+                found.append(f"{table}.{column} -> {target}: {row[0]} rows of another tenant")
+    return found

@@ -36,6 +36,7 @@ from tests.outsider_sweep import (
     Ledger,
     Tenantry,
     body_of,
+    cross_tenant_references,
     fill,
     routes,
     send,
@@ -157,6 +158,9 @@ def _chat_turn(a: Tenantry, b: Tenantry, echoes: Echoes, settings: Any) -> None:
                 if citation["knowledge_base_id"] in b.ids["knowledge_base_id"] or b.label in str(citation):
                     ledger.findings.append(f"the turn for {question!r} cites B: {citation}")
         assert len(script.chat_requests) == 4
+    # The smuggled rows are what the IDOR sweep's cross-tenant check looks for: it sees them.
+    if not any(f.startswith("chat_conversationknowledgebase.") for f in cross_tenant_references()):
+        ledger.findings.append("cross_tenant_references() missed the smuggled rows")
     control = prompts.pop(echoes.control(b.canary("shareddoctext")))
     for question, prompt in prompts.items():
         if found := echoes.leaks(prompt, control.replace(echoes.control(b.canary("shareddoctext")),

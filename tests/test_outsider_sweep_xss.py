@@ -294,7 +294,12 @@ def test_it_fires_no_dialog_on_the_chat_page_with_hostile_titles_messages_and_an
                                    "snippet": XSS_PAYLOADS[3]}])
     ledger = Ledger("XSS in Chromium: the chat page with hostile titles, messages and answers")
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     page.add_init_script(WATCH_CSP)
 
     def inspect(stage: str) -> None:
