@@ -129,6 +129,7 @@ def _plant(a: Tenantry, scan: Scan) -> dict[str, int]:
     for document in queued:
         document = run_pipeline(document)
         assert document.status == "ready", document.error
+        scan.ledger.notes.append(f"document {document.name!r}: {document.chunk_count} passages")
     # API key names, through the owner's page (the answer shows the new key once).
     for payload in XSS_PAYLOADS:
         scan.response("api key created", owner.post(reverse("apikeys:api_key_create"),
