@@ -446,7 +446,7 @@ def row_snapshots(side: Tenantry) -> Iterator[Callable[[], dict[str, str]]]:
     them (its own connection, so only committed writes count), its users, their groups and
     permissions, its tenant row, and its audit chain's head and retention."""
     tables = tenant_tables()
-    user_ids = side.ids["user_id"]
+    user_ids = sorted(user.pk for user in side.users.values())
     parts = [f"SELECT '{t}', md5(coalesce(string_agg(r::text, '|' ORDER BY r::text), '')) FROM {t} r"
              f" WHERE r.tenant_id = %(tenant)s" for t in tables]
     parts += [
