@@ -27,7 +27,6 @@ from tenants.models import Role, Tenant
 from tenants.rls import tenant_context
 from tests.outsider_sweep import (
     ID_KEYS,
-    METHODS,
     ROLES,
     Ledger,
     Tenantry,
@@ -102,18 +101,20 @@ def test_it_leaks_nothing_of_tenant_b_to_tenant_a_on_any_route(outsiders, settin
     a, b = outsiders
     # The rate limits of /v1 have their own tests; here they would only turn refusals into 429s.
     settings.API_RATE_BURST = settings.API_BAD_KEY_RATE_BURST = 10_000
-    _sessions_sweep(a, b)
+    accepted = _sessions_sweep(a, b)
     _quota_spent(a)  # after the session sweep, whose owner's settings form set A's quotas
-    _api_keys_sweep(a, b)
-    _bodies_sweep(a, b)  # last: it deletes A's own objects on the way
+    _api_keys_sweep(a, b, accepted)
+    _bodies_sweep(a, b, accepted)  # last: it deletes A's own objects on the way
 
 
-def _sessions_sweep(a: Tenantry, b: Tenantry) -> None:
+def _sessions_sweep(a: Tenantry, b: Tenantry) -> dict[str, list[str]]:
+    """Returns the methods each route accepts (those not answered 405)."""
     ledger = Ledger("IDOR, session of each user of tenant A, tenant B's ids")
     clients = {role: session_client(a.users[role]) for role in ROLES}
     # The sweep of admin is meaningful: tenant A's owner is let in (it is not for superusers only).
     assert clients[Role.OWNER].get("/admin/").status_code == 200
     swept_routes = 0
+    accepted_methods: dict[str, list[str]] = {}
     with row_snapshots(b) as snapshot:
         for route in routes():
             if route.route in UNFILLED:
@@ -137,6 +138,7 @@ def _sessions_sweep(a: Tenantry, b: Tenantry) -> None:
                     accepted = accepted or tried
                     if "_auth_user_id" not in client.session:  # a logout route ended the session
                         client.force_login(a.users[role])
+            accepted_methods[route.route] = accepted or []
             if tables := changed(before, snapshot()):
                 ledger.findings.append(f"{route.route}: tenant B's rows changed in {tables}")
     ledger.extra |= {"routes": swept_routes, "listed_unfilled": len(UNFILLED)}
@@ -152,9 +154,10 @@ def _sessions_sweep(a: Tenantry, b: Tenantry) -> None:
         before = snapshot()
         own.post(reverse("chat:conversation_rename", args=[b.ids["conversation_id"][0]]), {"title": "renamed by B"})
         assert {"chat_conversation", "audit_auditevent"} <= set(changed(before, snapshot()))
+    return accepted_methods
 
 
-def _api_keys_sweep(a: Tenantry, b: Tenantry) -> None:
+def _api_keys_sweep(a: Tenantry, b: Tenantry, accepted: dict[str, list[str]]) -> None:
     ledger = Ledger("IDOR, /v1 with each API key of tenant A, tenant B's ids")
     v1_routes = [r for r in routes() if r.bearer]
     assert {r.name for r in v1_routes} == {"openai:model_list", "openai:model_detail", "openai:chat_completions"}
@@ -164,13 +167,13 @@ def _api_keys_sweep(a: Tenantry, b: Tenantry) -> None:
             client = Client(HTTP_AUTHORIZATION=f"Bearer {key}", raise_request_exception=False)
             for route in v1_routes:
                 for url in fill(route, b.ids) or []:
-                    for method in METHODS:
+                    for method in accepted[route.route]:
                         for stream in (False, True) if method == "post" else (False,):
                             data = {**_v1_body(b), "stream": stream} if method != "get" else query_of(b)
                             response = send(client, method, url, data=data, json_body=method != "get")
                             _check(ledger, client, b, f"{role} key {method.upper()} {url}", response)
-                            # B's knowledge base is no model of A's: 404, or 405 for a wrong method.
-                            expected = (200,) if route.name == "openai:model_list" and method == "get" else (404, 405)
+                            # B's knowledge base is no model of A's: 404.
+                            expected = (200,) if route.name == "openai:model_list" else (404,)
                             if response.status_code not in expected:
                                 ledger.findings.append(f"{role} key {method.upper()} {url}: {response.status_code}"
                                                        f" {body_of(response)[:200]}")
@@ -181,14 +184,14 @@ def _api_keys_sweep(a: Tenantry, b: Tenantry) -> None:
         if tables := changed(before, snapshot()):
             ledger.findings.append(f"/v1: tenant B's rows changed in {tables}")
     ledger.report()
-    assert ledger.attempts > 50
+    assert ledger.attempts >= 20
     assert not ledger.findings, "\n".join(ledger.findings)
     # B's own key does see its knowledge base: the model ids above were real.
     own = Client(HTTP_AUTHORIZATION=f"Bearer {b.api_keys[Role.EMPLOYEE]}")
     assert own.get(f"/v1/models/deepseek-web:kb:{b.ids['knowledge_base_id'][0]}").status_code == 200
 
 
-def _bodies_sweep(a: Tenantry, b: Tenantry) -> None:
+def _bodies_sweep(a: Tenantry, b: Tenantry, accepted: dict[str, list[str]]) -> None:
     ledger = Ledger("IDOR, A's own objects in the path, tenant B's ids in the body")
     clients = {role: session_client(a.users[role]) for role in ROLES}
     # Deleting and deactivating routes last, so the others still find A's objects.
@@ -200,12 +203,10 @@ def _bodies_sweep(a: Tenantry, b: Tenantry) -> None:
             # Django admin bounces every user of A but the owner before it reads a body.
             for role in (Role.OWNER,) if route.route.startswith("admin/") else ROLES:
                 for url in (fill(route, a.ids) or [])[:1]:
-                    for method in route.methods:
+                    for method in accepted[route.route]:
                         if method == "get":
                             continue
                         response = send(clients[role], method, url, data=form_body(b, ledger.attempts))
-                        if response.status_code == 405:
-                            continue
                         _check(ledger, clients[role], b, f"{role} {method.upper()} {url}", response)
                 if "_auth_user_id" not in clients[role].session:
                     clients[role].force_login(a.users[role])
