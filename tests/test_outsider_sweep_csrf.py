@@ -9,18 +9,22 @@ it reads no cookie (`CSRF_EXEMPT_BY_DESIGN`).
 
 The chat WebSocket has no CSRF token; its defence against cross-site hijacking is the Origin check
 (deepseek_web/websocket_origin.py, whose own tests cover its rules): here a signed-in user's socket
-from each foreign origin is refused, and so is tenant B's conversation from the page's own origin.
+from each foreign origin is refused, and so is tenant B's conversation from the page's own origin;
+on a user's own socket, frames that name tenant B's turn (resume, stop) are refused too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
 
-from chat.models import Conversation
-from deepseek_web.tests.test_websocket_origin import connect
+from chat import streams
+from chat.models import Conversation, Message
+from deepseek_web.tests.test_websocket_origin import connect, session_cookie
 from tenants.models import Role
 from tenants.rls import tenant_context
 from tests.outsider_sweep import (
@@ -85,16 +89,24 @@ def test_it_refuses_every_unsafe_request_without_a_csrf_token(transactional_db) 
 FOREIGN_ORIGINS = ["http://evil.example", "http://localhost.evil.example:8000", "http://localhost:9000", "null"]
 
 
+CANARY = "bcanarywebsocketchunk"
+
+
 async def test_it_refuses_the_chat_socket_from_a_foreign_origin_and_for_another_tenant(world) -> None:
-    def conversations() -> tuple[int, int]:
+    def objects() -> tuple[int, int, Message]:
         with tenant_context(world.tenant_a.pk):
             own = Conversation.objects.create(tenant=world.tenant_a, user=world.alice).pk
         with tenant_context(world.tenant_b.pk):
-            foreign = Conversation.objects.create(tenant=world.tenant_b, user=world.charlie).pk
-        return own, foreign
+            conversation = Conversation.objects.create(tenant=world.tenant_b, user=world.charlie, title=CANARY)
+            question = Message.objects.create(tenant=world.tenant_b, conversation=conversation, role="user",
+                                              content=CANARY)
+            reply = Message.objects.create(tenant=world.tenant_b, conversation=conversation, role="assistant",
+                                           reply_to=question, status=Message.Status.STREAMING)
+        streams.StreamWriter(reply).token(CANARY)  # B's turn, half written
+        return own, conversation.pk, reply
 
-    own, foreign = await database_sync_to_async(conversations)()
-    ledger = Ledger("WebSocket: a foreign Origin, and tenant B's conversation, as users of tenant A")
+    own, foreign, reply = await database_sync_to_async(objects)()
+    ledger = Ledger("WebSocket: a foreign Origin, tenant B's conversation, and B's turn named in frames")
     attempts = {f"a socket from {origin}": connect(world.alice, own, host="localhost:8000", origin=origin)
                 for origin in FOREIGN_ORIGINS}
     attempts |= {f"{user.username} on tenant B's conversation": connect(user, foreign, host="localhost:8000",
@@ -105,7 +117,24 @@ async def test_it_refuses_the_chat_socket_from_a_foreign_origin_and_for_another_
         ledger.attempts += 1
         if accepted:
             ledger.findings.append(f"{what} was accepted")
+    # On her own socket, Alice names B's turn in a resume and a stop: refused, nothing relayed or stopped.
+    from deepseek_web.asgi import application
+
+    communicator = WebsocketCommunicator(application, f"/ws/chat/{own}/", headers=[
+        (b"host", b"localhost:8000"), (b"origin", b"http://localhost:8000"),
+        (b"cookie", await database_sync_to_async(session_cookie)(world.alice))])
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected  # from the page's own origin, her own conversation: the refusals above were real
+    for frame in ({"type": "resume", "message_id": reply.pk, "last_seq": 0}, {"type": "stop", "message_id": reply.pk}):
+        await communicator.send_json_to(frame)
+        answer = await communicator.receive_json_from(timeout=5)
+        ledger.attempts += 1
+        if answer["type"] != "error" or CANARY in json.dumps(answer):
+            ledger.findings.append(f"{frame['type']} of B's turn answered {answer}")
+    if not await communicator.receive_nothing(timeout=0.5):
+        ledger.findings.append(f"B's turn was relayed: {await communicator.receive_json_from()}")
+    await communicator.disconnect()
+    if await database_sync_to_async(streams.is_cancel_requested)(reply):
+        ledger.findings.append("B's turn was stopped from A's socket")
     ledger.report()
     assert not ledger.findings, "\n".join(ledger.findings)
-    # The same socket from the page's own origin opens: the refusals above were the origin's doing.
-    assert await connect(world.alice, own, host="localhost:8000", origin="http://localhost:8000")
