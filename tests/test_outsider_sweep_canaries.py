@@ -194,6 +194,8 @@ def _pages(a: Tenantry, b: Tenantry, echoes: Echoes) -> None:
                 if answer.status_code == 405:  # a POST-only route: nothing to search
                     break
                 ledger.record(answer)
+                if answer.status_code == 403 and b.label not in body_of(answer):
+                    break  # the role may not use this page at all
                 if b.label not in body_of(answer):
                     continue  # nothing of B at all, not even the query: no control needed
                 ledger.count("echoes_compared")
