@@ -486,6 +486,7 @@ class Ledger:
     """What a sweep tried and what it found; `report` prints it for `pytest -s`."""
 
     name: str
+    counted: str = "findings"  # what a finding is here: leaks, injections, acceptances...
     attempts: int = 0
     findings: list[str] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
@@ -502,7 +503,7 @@ class Ledger:
     def report(self) -> None:
         statuses = ", ".join(f"{code}: {n}" for code, n in sorted(self.statuses.items()))
         extra = "".join(f" {k}={v}" for k, v in self.extra.items())
-        print(f"\n[outsider sweep] {self.name}: attempts={self.attempts} findings={len(self.findings)}{extra}"
+        print(f"\n[outsider sweep] {self.name}: attempts={self.attempts} {self.counted}={len(self.findings)}{extra}"
               + (f" (HTTP statuses {statuses})" if statuses else ""))
         for note in self.notes:
             print(f"  {note}")

@@ -79,7 +79,7 @@ def test_it_returns_no_canary_of_tenant_b_to_tenant_a(outsiders, settings) -> No
 
 
 def _retrieval_service(a: Tenantry, b: Tenantry) -> None:
-    ledger = Ledger("canaries: the retrieval service, as tenant A, for each canary of B")
+    ledger = Ledger("canaries: the retrieval service, as tenant A, for each canary of B", "leaks")
     queries = b.canaries
     vectors = runtime.get_embedder().embed(queries)
     model = embedding_model_id()
@@ -124,7 +124,7 @@ def _chat_turn(a: Tenantry, b: Tenantry, echoes: Echoes, settings: Any) -> None:
     """A's employee asks the canaries in a conversation that B's knowledge bases were smuggled into
     (a row no service would write, as a bug elsewhere might); the turn runs as the gpu worker runs it,
     against a scripted OpenAI-compatible server that records the prompt it was sent."""
-    ledger = Ledger("canaries: A's chat turn retrieval path (chat.turns.message_generate), prompt and citations")
+    ledger = Ledger("canaries: A's chat turn retrieval path (chat.turns.message_generate), prompt and citations", "leaks")
     employee = a.memberships[Role.EMPLOYEE]
     actor = actor_for(user_id=employee.user_id, role=employee.role)
     with scripted_server(Script(chunks=["An answer."])) as (url, script):
@@ -181,7 +181,7 @@ def _search_query(b: Tenantry, echoes: Echoes, offset: int, *, control: bool) ->
 def _pages(a: Tenantry, b: Tenantry, echoes: Echoes) -> None:
     """Every GET route, filled with A's own ids, as every user of A (admin as A's owner, the only one
     it lets in), each search parameter a canary of B; then /v1 with A's keys."""
-    ledger = Ledger("canaries: every page, REST endpoint and export of tenant A, queried with B's canaries")
+    ledger = Ledger("canaries: every page, REST endpoint and export of tenant A, queried with B's canaries", "leaks")
     clients = {role: session_client(a.users[role]) for role in ROLES}
     for route in routes():
         urls = fill(route, a.ids) or []

@@ -51,7 +51,7 @@ CSRF_EXEMPT_BY_DESIGN = {
 
 def test_it_refuses_every_unsafe_request_without_a_csrf_token(transactional_db) -> None:
     a = tenantry_build(f"aside{run_token()}", ingest=False)
-    ledger = Ledger("CSRF: every unsafe method a route accepts, signed in, without a token")
+    ledger = Ledger("CSRF: every unsafe method a route accepts, signed in, without a token", "acceptances")
     found = routes()
     assert {r.route for r in found if r.bearer} == set(CSRF_EXEMPT_BY_DESIGN)
     # As the owner, whose role reaches the most views; the CSRF check runs before any role check.
@@ -106,7 +106,7 @@ async def test_it_refuses_the_chat_socket_from_a_foreign_origin_and_for_another_
         return own, conversation.pk, reply
 
     own, foreign, reply = await database_sync_to_async(objects)()
-    ledger = Ledger("WebSocket: a foreign Origin, tenant B's conversation, and B's turn named in frames")
+    ledger = Ledger("WebSocket: a foreign Origin, tenant B's conversation, and B's turn named in frames", "acceptances")
     attempts = {f"a socket from {origin}": connect(world.alice, own, host="localhost:8000", origin=origin)
                 for origin in FOREIGN_ORIGINS}
     attempts |= {f"{user.username} on tenant B's conversation": connect(user, foreign, host="localhost:8000",

@@ -109,7 +109,7 @@ def test_it_leaks_nothing_of_tenant_b_to_tenant_a_on_any_route(outsiders, settin
 
 def _sessions_sweep(a: Tenantry, b: Tenantry) -> dict[str, list[str]]:
     """Returns the methods each route accepts (those not answered 405)."""
-    ledger = Ledger("IDOR, session of each user of tenant A, tenant B's ids")
+    ledger = Ledger("IDOR, session of each user of tenant A, tenant B's ids", "leaks")
     clients = {role: session_client(a.users[role]) for role in ROLES}
     # The sweep of admin is meaningful: tenant A's owner is let in (it is not for superusers only).
     assert clients[Role.OWNER].get("/admin/").status_code == 200
@@ -158,7 +158,7 @@ def _sessions_sweep(a: Tenantry, b: Tenantry) -> dict[str, list[str]]:
 
 
 def _api_keys_sweep(a: Tenantry, b: Tenantry, accepted: dict[str, list[str]]) -> None:
-    ledger = Ledger("IDOR, /v1 with each API key of tenant A, tenant B's ids")
+    ledger = Ledger("IDOR, /v1 with each API key of tenant A, tenant B's ids", "leaks")
     v1_routes = [r for r in routes() if r.bearer]
     assert {r.name for r in v1_routes} == {"openai:model_list", "openai:model_detail", "openai:chat_completions"}
     with row_snapshots(b) as snapshot:
@@ -192,7 +192,7 @@ def _api_keys_sweep(a: Tenantry, b: Tenantry, accepted: dict[str, list[str]]) ->
 
 
 def _bodies_sweep(a: Tenantry, b: Tenantry, accepted: dict[str, list[str]]) -> None:
-    ledger = Ledger("IDOR, A's own objects in the path, tenant B's ids in the body")
+    ledger = Ledger("IDOR, A's own objects in the path, tenant B's ids in the body", "leaks")
     clients = {role: session_client(a.users[role]) for role in ROLES}
     # Deleting and deactivating routes last, so the others still find A's objects.
     ordered = sorted((r for r in routes() if not r.bearer and r.route not in UNFILLED),

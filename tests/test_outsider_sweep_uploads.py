@@ -80,7 +80,7 @@ def test_it_refuses_every_hostile_upload_and_keeps_the_other_documents(transacti
     stray = [Path.cwd() / "x", Path.cwd() / "x.md", storage.root().parent / "x", storage.root().parent / "x.md"]
     assert not any(p.exists() for p in stray)
 
-    ledger = Ledger("uploads: hostile files through the upload page and the REST API")
+    ledger = Ledger("uploads: hostile files through the upload page and the REST API", "bad_outcomes")
     client = session_client(a.users[Role.KNOWLEDGE_ADMIN])
     touched: dict[int, str] = {}  # document id -> the name it was uploaded as
     answers: list[tuple[str, str, int, list[int]]] = []

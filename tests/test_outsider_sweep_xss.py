@@ -73,7 +73,7 @@ class Scan:
     """Counts what was scanned and what a payload injected."""
 
     def __init__(self) -> None:
-        self.ledger = Ledger("XSS: every page, partial and frame that shows a payload, as each user of tenant A")
+        self.ledger = Ledger("XSS: every page, partial and frame that shows a payload, as each user of tenant A", "injections")
 
     def html(self, what: str, html: str) -> None:
         self.ledger.attempts += 1
@@ -295,7 +295,7 @@ def test_it_fires_no_dialog_on_the_chat_page_with_hostile_titles_messages_and_an
                                    "n": 1, "chunk_id": 1, "document_id": 1, "knowledge_base_id": 1, "page": None,
                                    "document_title": XSS_PAYLOADS[0], "heading": XSS_PAYLOADS[1],
                                    "snippet": XSS_PAYLOADS[3]}])
-    ledger = Ledger("XSS in Chromium: the chat page with hostile titles, messages and answers")
+    ledger = Ledger("XSS in Chromium: the chat page with hostile titles, messages and answers", "injections")
     dialogs: list[str] = []
 
     def on_dialog(dialog: Any) -> None:
