@@ -126,6 +126,14 @@ def _sessions_sweep(a: Tenantry, b: Tenantry) -> dict[str, list[str]]:
             accepted: list[str] | None = None
             for role in ROLES:
                 client = clients[role]
+                if route.route.startswith("admin/") and role != Role.OWNER:
+                    # Django admin turns away a user without admin access before it reads the method
+                    # or the object: once that is seen, the rest of the route is the same answer.
+                    response = send(client, "get", urls[0], data=query_of(b))
+                    _check(ledger, client, b, f"{role} GET {urls[0]}", response)
+                    if response.status_code == 302 and response["Location"].startswith("/admin/login/"):
+                        ledger.count("turned_away_by_admin")
+                        continue
                 for url in urls:
                     tried = []
                     for method in accepted or route.methods:
@@ -143,7 +151,7 @@ def _sessions_sweep(a: Tenantry, b: Tenantry) -> dict[str, list[str]]:
                 ledger.findings.append(f"{route.route}: tenant B's rows changed in {tables}")
     ledger.extra |= {"routes": swept_routes, "listed_unfilled": len(UNFILLED)}
     ledger.report()
-    assert ledger.attempts > 500
+    assert ledger.attempts > 400
     assert not ledger.findings, "\n".join(ledger.findings)
     # The canaries are findable: tenant B's own employee sees hers on the same pages.
     own = session_client(b.users[Role.EMPLOYEE])
