@@ -16,6 +16,7 @@ into an HTML page.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import string
@@ -25,12 +26,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.conf import settings
 from django.contrib.auth.models import Group, User
+from django.contrib.contenttypes.models import ContentType
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.utils import timezone
@@ -38,6 +41,7 @@ from django.utils.crypto import get_random_string
 
 from audit.models import AuditEvent
 from audit.services import SYSTEM, Actor, actor_for
+from audit.tests.attacker import superuser_connection
 from chat import services as chat_services
 from chat.models import Message
 from console.services import membership_create, tenant_create
@@ -296,8 +300,6 @@ def _fills(route: Route, ids: dict[str, list[int]]) -> list[dict[str, str]] | No
         return [str(i) for i in ids[key]]
 
     if set(route.params) == {"content_type_id", "object_id"}:
-        from django.contrib.contenttypes.models import ContentType
-
         pairs = []
         for model, key in VIEW_ON_SITE_MODELS.items():
             content_type = ContentType.objects.get_by_natural_key(*model.split("."))
@@ -406,11 +408,7 @@ def send(client: Client, method: str, url: str, *, data: Any = None, json_body: 
         return client.get(url, data or {})
     if method == "post" and not json_body:
         return client.post(url, data or {})
-    from urllib.parse import urlencode
-
     if json_body:
-        import json
-
         return getattr(client, method)(url, json.dumps(data or {}), content_type="application/json")
     plain = {k: v for k, v in (data or {}).items() if not hasattr(v, "read")}
     return getattr(client, method)(url, urlencode(plain, doseq=True), content_type="application/x-www-form-urlencoded")
@@ -430,8 +428,6 @@ def followed(client: Client, response: Any) -> Any | None:
 
 
 def tenant_tables() -> list[str]:
-    from django.db import connection
-
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT c.relname FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id'"
@@ -596,8 +592,6 @@ def cross_tenant_references() -> list[str]:
     """Rows that point across tenants: a tenant row whose foreign key reaches another tenant's row,
     or a user who is no member of the row's tenant. Read as the database superuser, since row-level
     security would hide the far side of the reference from any other role."""
-    from audit.tests.attacker import superuser_connection
-
     found = []
     with superuser_connection() as conn:
         keys = conn.execute(

@@ -23,6 +23,7 @@ from django.test import Client
 from django.urls import reverse
 
 from chat.models import Conversation, Message
+from chat.websocket_urls import websocket_urlpatterns
 from tenants.models import Role, Tenant
 from tenants.rls import tenant_context
 from tests.outsider_sweep import (
@@ -60,8 +61,6 @@ def test_it_fills_every_route_or_lists_why() -> None:
     assert not unfilled, f"routes the outsider sweep cannot fill (add a filler, or list them in UNFILLED): {unfilled}"
     assert not set(UNFILLED) - {r.route for r in found}, "UNFILLED lists routes that no longer exist"
     assert len(found) > 80  # the walker went into every include, admin's model pages among them
-    from chat.websocket_urls import websocket_urlpatterns
-
     # The one WebSocket route is swept in test_outsider_sweep_csrf.py; a new one needs its own case there.
     assert [str(p.pattern) for p in websocket_urlpatterns] == ["ws/chat/<int:conversation_id>/"]
 

@@ -30,7 +30,7 @@ from django.utils.html import escape
 from audit.models import AuditEvent
 from audit.services import SYSTEM
 from chat import turns
-from chat.models import Conversation
+from chat.models import Conversation, Message
 from console.services import membership_create
 from deepseek_web.testing import run_coroutine
 from inference.tests.scripted_openai import Script, scripted_server
@@ -284,8 +284,6 @@ document.addEventListener('securitypolicyviolation', e => window.__violations.pu
 def test_it_fires_no_dialog_on_the_chat_page_with_hostile_titles_messages_and_answers(
         world, log_in, asgi_server, page) -> None:
     from playwright.sync_api import expect
-
-    from chat.models import Message
 
     with tenant_context(world.tenant_a.pk):
         conversation = Conversation.objects.create(tenant=world.tenant_a, user=world.alice, title=XSS_PAYLOADS[3])
