@@ -20,6 +20,7 @@ import json
 import random
 import re
 import string
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.contrib.contenttypes.models import ContentType
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection
+from django.db import connection, transaction
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.utils import timezone
@@ -45,7 +46,7 @@ from audit.tests.attacker import superuser_connection
 from chat import services as chat_services
 from chat.models import Message
 from console.services import membership_create, tenant_create
-from knowledge.models import Chunk, KnowledgeSource
+from knowledge.models import Chunk, Document, KnowledgeSource
 from knowledge.services.documents import documents_upload
 from knowledge.services.knowledge_bases import knowledge_base_create
 from knowledge.tests.test_pipeline import run_pipeline
@@ -129,11 +130,16 @@ def tenantry_build(label: str, *, ingest: bool = True) -> Tenantry:
               "source": f"{label}source"}
     documents = []
     for kb, kind in ((shared, "shared"), (private, "private")):
-        with tenant_context(tenant.pk):
-            [outcome] = documents_upload(
-                knowledge_base=kb, uploaded_by=ka.user, actor=_role_actor(ka),
-                files=[SimpleUploadedFile(f"{label}doc{kind}.md", DOCUMENT.format(label=f"{label}{kind}").encode())])
-        document = run_pipeline(outcome.document) if ingest else outcome.document
+        # One transaction: the ingestion tasks are queued when it commits, once the document is ready,
+        # so a gpu worker running in this process (tests/conftest.py: gpu_worker) finds nothing to
+        # do, rather than writing to the document while a sweep compares its rows.
+        with transaction.atomic():
+            with tenant_context(tenant.pk):
+                [outcome] = documents_upload(
+                    knowledge_base=kb, uploaded_by=ka.user, actor=_role_actor(ka),
+                    files=[SimpleUploadedFile(f"{label}doc{kind}.md",
+                                              DOCUMENT.format(label=f"{label}{kind}").encode())])
+            document = run_pipeline(outcome.document) if ingest else outcome.document
         assert not ingest or document.status == "ready", document.error
         documents.append(document)
         texts |= {f"doc-{kind}": f"{label}doc{kind}", f"doctext-{kind}": f"{label}{kind}doctext",
@@ -346,6 +352,35 @@ def fill(route: Route, ids: dict[str, list[int]]) -> list[str] | None:
         assert match.route == route.route, f"{url} resolves to {match.route}, not {route.route}"
         urls.append(url)
     return urls
+
+
+def document_settle(document: Document, timeout_s: float = 60.0) -> Document:
+    """Runs a queued document through the real pipeline, then waits for it to be ready or failed: a
+    gpu worker running in this process may have taken it first (its steps guard against each other)."""
+    run_pipeline(document)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with tenant_context(document.tenant_id):
+            current = Document.objects.get(pk=document.pk)
+        if current.status in (Document.Status.READY, Document.Status.FAILED) or time.monotonic() > deadline:
+            return current
+        time.sleep(0.1)
+
+
+def turn_settle(reply: Message, timeout_s: float = 60.0) -> Message:
+    """Runs a queued turn as the gpu worker does, as this process's worker identity (the one an
+    in-process gpu worker has, so whichever claims it first, the other leaves it alone); then waits
+    for its end."""
+    from chat import turns
+
+    turns.message_generate(tenant_id=reply.tenant_id, message_id=reply.pk)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with tenant_context(reply.tenant_id):
+            current = Message.objects.get(pk=reply.pk)
+        if current.is_final or time.monotonic() > deadline:
+            return current
+        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------------------- requests

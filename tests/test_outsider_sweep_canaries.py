@@ -22,7 +22,6 @@ from django.test import Client
 
 from audit.services import actor_for
 from chat import services as chat_services
-from chat import turns
 from chat.models import Conversation, ConversationKnowledgeBase, Message
 from inference import runtime
 from inference.tests.scripted_openai import Script, scripted_server
@@ -41,6 +40,7 @@ from tests.outsider_sweep import (
     routes,
     send,
     session_client,
+    turn_settle,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -146,10 +146,8 @@ def _chat_turn(a: Tenantry, b: Tenantry, echoes: Echoes, settings: Any) -> None:
                     ConversationKnowledgeBase(tenant=a.tenant, conversation=conversation, knowledge_base_id=kb)
                     for kb in b.ids["knowledge_base_id"])
                 _, reply = chat_services.message_submit(conversation=conversation, text=question, actor=actor)
-            turns.message_generate(tenant_id=a.tenant.pk, message_id=reply.pk, worker="outsider-sweep/canaries")
+            reply = turn_settle(reply)
             ledger.attempts += 1
-            with tenant_context(a.tenant.pk):
-                reply = Message.objects.get(pk=reply.pk)
             if reply.status != Message.Status.DONE:
                 ledger.findings.append(f"the turn for {question!r} ended {reply.status}: {reply.error}")
             prompts[question] = "\n".join(m["content"] for m in script.chat_requests[-1]["messages"])

@@ -15,16 +15,19 @@ on a user's own socket, frames that name tenant B's turn (resume, stop) are refu
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-from channels.db import database_sync_to_async
-from channels.testing import WebsocketCommunicator
+from django.test import Client
+from websockets.exceptions import InvalidHandshake
+from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from chat import streams
 from chat.models import Conversation, Message
-from deepseek_web.tests.test_websocket_origin import connect, session_cookie
 from tenants.models import Role
 from tenants.rls import tenant_context
 from tests.outsider_sweep import (
@@ -86,55 +89,61 @@ def test_it_refuses_every_unsafe_request_without_a_csrf_token(transactional_db) 
 
 
 # deepseek_web/tests/test_websocket_origin.py covers the rule case by case; these are an outsider's.
-FOREIGN_ORIGINS = ["http://evil.example", "http://localhost.evil.example:8000", "http://localhost:9000", "null"]
-
-
+FOREIGN_ORIGINS = ["http://evil.example", "http://localhost.evil.example:{port}", "http://localhost:{other}",
+                   "https://localhost:{port}", "null"]
 CANARY = "bcanarywebsocketchunk"
 
 
-async def test_it_refuses_the_chat_socket_from_a_foreign_origin_and_for_another_tenant(world) -> None:
-    def objects() -> tuple[int, int, Message]:
-        with tenant_context(world.tenant_a.pk):
-            own = Conversation.objects.create(tenant=world.tenant_a, user=world.alice).pk
-        with tenant_context(world.tenant_b.pk):
-            conversation = Conversation.objects.create(tenant=world.tenant_b, user=world.charlie, title=CANARY)
-            question = Message.objects.create(tenant=world.tenant_b, conversation=conversation, role="user",
-                                              content=CANARY)
-            reply = Message.objects.create(tenant=world.tenant_b, conversation=conversation, role="assistant",
-                                           reply_to=question, status=Message.Status.STREAMING)
-        streams.StreamWriter(reply).token(CANARY)  # B's turn, half written
-        return own, conversation.pk, reply
+def _socket(asgi_server: str, conversation_id: int, user: Any, origin: str) -> ClientConnection:
+    """A real WebSocket client on our daphne, signed in by the user's session cookie."""
+    client = Client()
+    client.force_login(user)
+    return connect(asgi_server.replace("http://", "ws://") + f"/ws/chat/{conversation_id}/", origin=Origin(origin),
+                   additional_headers={"Cookie": f"sessionid={client.cookies['sessionid'].value}"}, open_timeout=30)
 
-    own, foreign, reply = await database_sync_to_async(objects)()
+
+def _refused(asgi_server: str, conversation_id: int, user: Any, origin: str) -> bool:
+    try:
+        _socket(asgi_server, conversation_id, user, origin).close()
+    except InvalidHandshake:
+        return True
+    return False
+
+
+def test_it_refuses_the_chat_socket_from_a_foreign_origin_and_for_another_tenant(world, asgi_server) -> None:
+    """On the real server (daphne, the origin check, the consumer), with a browser's handshake."""
+    with tenant_context(world.tenant_a.pk):
+        own = Conversation.objects.create(tenant=world.tenant_a, user=world.alice).pk
+    with tenant_context(world.tenant_b.pk):
+        conversation = Conversation.objects.create(tenant=world.tenant_b, user=world.charlie, title=CANARY)
+        question = Message.objects.create(tenant=world.tenant_b, conversation=conversation, role="user", content=CANARY)
+        reply = Message.objects.create(tenant=world.tenant_b, conversation=conversation, role="assistant",
+                                       reply_to=question, status=Message.Status.STREAMING)
+    streams.StreamWriter(reply).token(CANARY)  # B's turn, half written
+    port = urlsplit(asgi_server).port
     ledger = Ledger("WebSocket: a foreign Origin, tenant B's conversation, and B's turn named in frames", "acceptances")
-    attempts = {f"a socket from {origin}": connect(world.alice, own, host="localhost:8000", origin=origin)
-                for origin in FOREIGN_ORIGINS}
-    attempts |= {f"{user.username} on tenant B's conversation": connect(user, foreign, host="localhost:8000",
-                                                                        origin="http://localhost:8000")
-                 for user in (world.alice, world.bob, world.dora, world.erin)}
-    # Together: a refused handshake waits a second for the client's disconnect.
-    for what, accepted in zip(attempts, await asyncio.gather(*attempts.values()), strict=True):
+    for origin in FOREIGN_ORIGINS:
+        origin = origin.format(port=port, other=(port or 0) + 1)
         ledger.attempts += 1
-        if accepted:
-            ledger.findings.append(f"{what} was accepted")
-    # On her own socket, Alice names B's turn in a resume and a stop: refused, nothing relayed or stopped.
-    from deepseek_web.asgi import application
-
-    communicator = WebsocketCommunicator(application, f"/ws/chat/{own}/", headers=[
-        (b"host", b"localhost:8000"), (b"origin", b"http://localhost:8000"),
-        (b"cookie", await database_sync_to_async(session_cookie)(world.alice))])
-    connected, _ = await communicator.connect(timeout=10)
-    assert connected  # from the page's own origin, her own conversation: the refusals above were real
-    for frame in ({"type": "resume", "message_id": reply.pk, "last_seq": 0}, {"type": "stop", "message_id": reply.pk}):
-        await communicator.send_json_to(frame)
-        answer = await communicator.receive_json_from(timeout=5)
+        if not _refused(asgi_server, own, world.alice, origin):
+            ledger.findings.append(f"a socket from {origin} was accepted")
+    for user in (world.alice, world.bob, world.dora, world.erin):
         ledger.attempts += 1
-        if answer["type"] != "error" or CANARY in json.dumps(answer):
-            ledger.findings.append(f"{frame['type']} of B's turn answered {answer}")
-    if not await communicator.receive_nothing(timeout=0.5):
-        ledger.findings.append(f"B's turn was relayed: {await communicator.receive_json_from()}")
-    await communicator.disconnect()
-    if await database_sync_to_async(streams.is_cancel_requested)(reply):
+        if not _refused(asgi_server, conversation.pk, user, asgi_server):
+            ledger.findings.append(f"{user.username} opened tenant B's conversation {conversation.pk}")
+    # From the page's own origin, her own conversation opens (the refusals above were real); on it,
+    # Alice names B's turn in a resume and a stop: refused, and nothing relayed or stopped.
+    with _socket(asgi_server, own, world.alice, asgi_server) as socket:
+        for frame in ({"type": "resume", "message_id": reply.pk, "last_seq": 0},
+                      {"type": "stop", "message_id": reply.pk}):
+            socket.send(json.dumps(frame))
+            answer = json.loads(socket.recv(timeout=10))
+            ledger.attempts += 1
+            if answer["type"] != "error" or CANARY in json.dumps(answer):
+                ledger.findings.append(f"{frame['type']} of B's turn answered {answer}")
+        with contextlib.suppress(TimeoutError):
+            ledger.findings.append(f"B's turn was relayed: {socket.recv(timeout=0.5)!r}")
+    if streams.is_cancel_requested(reply):
         ledger.findings.append("B's turn was stopped from A's socket")
     ledger.report()
     assert not ledger.findings, "\n".join(ledger.findings)

@@ -27,10 +27,9 @@ from knowledge.models import Chunk, Document
 from knowledge.retrieval import retrieve
 from knowledge.selectors import embedding_model_id
 from knowledge.tests import samples
-from knowledge.tests.test_pipeline import run_pipeline
 from tenants.models import Role
 from tenants.rls import tenant_context
-from tests.outsider_sweep import Ledger, multipart, run_token, session_client, tenantry_build
+from tests.outsider_sweep import Ledger, document_settle, multipart, run_token, session_client, tenantry_build
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -105,7 +104,7 @@ def test_it_refuses_every_hostile_upload_and_keeps_the_other_documents(transacti
         with tenant_context(a.tenant.pk):
             queued = list(Document.objects.filter(knowledge_base_id=kb_id, status="queued"))
         for document in queued:
-            run_pipeline(document)
+            document_settle(document)
     final = _rows(kb_id, a.tenant.pk)
     for endpoint, name, status_code, new in answers:
         outcome = "; ".join(f"{final[pk][3]!r} {final[pk][0]}: {final[pk][2][:90]}" for pk in new)

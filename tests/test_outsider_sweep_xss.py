@@ -15,27 +15,22 @@ payload made (`outsider_sweep.injected_markup`): none may appear.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 import pytest
-from channels.db import database_sync_to_async
-from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
-from django.db import connection
 from django.urls import reverse
 from django.utils.html import escape
+from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from audit.models import AuditEvent
 from audit.services import SYSTEM
-from chat import turns
 from chat.models import Conversation, Message
 from console.services import membership_create
-from deepseek_web.testing import run_coroutine
 from inference.tests.scripted_openai import Script, scripted_server
 from knowledge.models import Document, KnowledgeBase
-from knowledge.tests.test_pipeline import run_pipeline
 from openai_api.models import ApiKey
 from tenants.models import Membership, Role
 from tenants.rls import tenant_context
@@ -46,6 +41,7 @@ from tests.outsider_sweep import (
     Ledger,
     Tenantry,
     body_of,
+    document_settle,
     fill,
     injected_markup,
     is_html,
@@ -55,6 +51,7 @@ from tests.outsider_sweep import (
     send,
     session_client,
     tenantry_build,
+    turn_settle,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -127,7 +124,7 @@ def _plant(a: Tenantry, scan: Scan) -> dict[str, int]:
     with tenant_context(a.tenant.pk):
         queued = list(Document.objects.filter(knowledge_base=kb, status="queued"))
     for document in queued:
-        document = run_pipeline(document)
+        document = document_settle(document)
         assert document.status == "ready", document.error
         scan.ledger.notes.append(f"document {document.name!r}: {document.chunk_count} passages")
     # API key names, through the owner's page (the answer shows the new key once).
@@ -151,35 +148,24 @@ def _plant(a: Tenantry, scan: Scan) -> dict[str, int]:
     return {"payload_kb": kb.pk}
 
 
-async def _turn_over_the_websocket(a: Tenantry, conversation_id: int, cookie: bytes, scan: Scan) -> None:
-    """Submits the payloads over the chat socket, then runs the turn as the gpu worker would while
-    the socket relays it: the `submitted`, `chunk` and `end` frames carry what the page inserts."""
-    from deepseek_web.asgi import application
-
-    communicator = WebsocketCommunicator(application, f"/ws/chat/{conversation_id}/",
-                                         headers=[(b"origin", b"http://localhost"), (b"cookie", cookie),
-                                                  (b"user-agent", USER_AGENT.encode())])
-    connected, _ = await communicator.connect(timeout=10)
-    assert connected
-    await communicator.send_json_to({"type": "submit", "text": ALL, "client_id": "xss"})
-    frames: list[dict[str, Any]] = []
-    while not frames or frames[-1]["type"] != "submitted":
-        frames.append(await communicator.receive_json_from(timeout=10))
-        assert frames[-1]["type"] != "error", frames[-1]
-    reply_id = frames[-1]["message_id"]
-
-    def run_turn() -> None:
-        try:
-            turns.message_generate(tenant_id=a.tenant.pk, message_id=reply_id, worker="outsider-sweep/xss")
-        finally:
-            connection.close()
-
-    await asyncio.to_thread(run_turn)
-    while frames[-1]["type"] != "end":
-        frames.append(await communicator.receive_json_from(timeout=20))
-    await communicator.disconnect()
-    # The consumer's database calls ran on asgiref's thread; its connection goes with this loop.
-    await database_sync_to_async(lambda: connection.close())()
+def _turn_over_the_websocket(asgi_server: str, a: Tenantry, conversation_id: int, session_key: str,
+                             scan: Scan) -> None:
+    """Submits the payloads over the chat socket of our daphne, then runs the turn as the gpu worker
+    would while the socket relays it: the `submitted`, `chunk` and `end` frames carry what the page
+    inserts into itself."""
+    with connect(asgi_server.replace("http://", "ws://") + f"/ws/chat/{conversation_id}/", origin=Origin(asgi_server),
+                 additional_headers={"Cookie": f"sessionid={session_key}", "User-Agent": USER_AGENT},
+                 open_timeout=30) as socket:
+        socket.send(json.dumps({"type": "submit", "text": ALL, "client_id": "xss"}))
+        frames: list[dict[str, Any]] = []
+        while not frames or frames[-1]["type"] != "submitted":
+            frames.append(json.loads(socket.recv(timeout=10)))
+            assert frames[-1]["type"] != "error", frames[-1]
+        with tenant_context(a.tenant.pk):
+            reply = Message.objects.get(pk=frames[-1]["message_id"])
+        turn_settle(reply)
+        while frames[-1]["type"] != "end":
+            frames.append(json.loads(socket.recv(timeout=20)))
     end = frames[-1]
     assert end["status"] == "done", end
     assert "".join(f.get("text", "") for f in frames if f["type"] == "chunk") == "".join(MODEL_CHUNKS)
@@ -214,7 +200,7 @@ def _walk(a: Tenantry, ids: dict[str, list[int]], scan: Scan) -> None:
                                                  HTTP_HX_REQUEST="true"))
 
 
-def test_it_never_renders_a_payload_as_markup(transactional_db, settings) -> None:
+def test_it_never_renders_a_payload_as_markup(transactional_db, settings, asgi_server) -> None:
     # The scanner sees each payload when it is markup, and none when it is escaped text.
     assert all(injected_markup(f"<p>{p}</p>") for p in XSS_PAYLOADS if "<" in p)
     assert injected_markup(f'<a href="{XSS_PAYLOADS[2]}">x</a>')
@@ -233,8 +219,7 @@ def test_it_never_renders_a_payload_as_markup(transactional_db, settings) -> Non
         settings.INFERENCE_BACKENDS = [{"name": "outsider-xss", "base_url": url, "model": "scripted-model",
                                         "retries": 0, "timeouts": {"connect_s": 2, "first_token_s": 10,
                                                                    "idle_s": 10, "total_s": 30}}]
-        cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
-        run_coroutine(_turn_over_the_websocket(a, conversation.pk, cookie, scan))
+        _turn_over_the_websocket(asgi_server, a, conversation.pk, client.cookies["sessionid"].value, scan)
     with tenant_context(a.tenant.pk):
         ids = {**a.ids,
                "conversation_id": list(Conversation.objects.values_list("pk", flat=True)),
