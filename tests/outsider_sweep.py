@@ -16,6 +16,7 @@ into an HTML page.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -23,6 +24,7 @@ import string
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -59,6 +61,25 @@ PASSWORD = "correct-horse-battery"
 ROLES = (Role.OWNER, Role.KNOWLEDGE_ADMIN, Role.EMPLOYEE, Role.COMPLIANCE)
 UNSAFE_METHODS = ("post", "put", "patch", "delete")
 METHODS = ("get", *UNSAFE_METHODS)
+
+
+def off_the_event_loop(test: Callable[..., None]) -> Callable[..., None]:
+    """Runs a test's body in a thread of its own. Once a browser test has run, Playwright keeps an
+    event loop running in the test thread, and async_to_sync (logout and role changes close the
+    user's sockets through the channel layer) refuses to run beside it: the request would fail."""
+
+    @functools.wraps(test)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        def body() -> None:
+            try:
+                test(*args, **kwargs)
+            finally:
+                connection.close()
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(body).result()
+
+    return wrapper
 
 
 def run_token() -> str:

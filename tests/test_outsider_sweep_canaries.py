@@ -37,6 +37,7 @@ from tests.outsider_sweep import (
     body_of,
     cross_tenant_references,
     fill,
+    off_the_event_loop,
     routes,
     send,
     session_client,
@@ -67,6 +68,7 @@ class Echoes:
         return found
 
 
+@off_the_event_loop
 def test_it_returns_no_canary_of_tenant_b_to_tenant_a(outsiders, settings) -> None:
     a, b = outsiders
     settings.API_RATE_BURST = 10_000

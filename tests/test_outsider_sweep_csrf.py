@@ -36,6 +36,7 @@ from tests.outsider_sweep import (
     fill,
     form_body,
     is_csrf_refusal,
+    off_the_event_loop,
     routes,
     run_token,
     send,
@@ -52,6 +53,7 @@ CSRF_EXEMPT_BY_DESIGN = {
 }
 
 
+@off_the_event_loop
 def test_it_refuses_every_unsafe_request_without_a_csrf_token(transactional_db) -> None:
     a = tenantry_build(f"aside{run_token()}", ingest=False)
     ledger = Ledger("CSRF: every unsafe method a route accepts, signed in, without a token", "acceptances")
@@ -110,6 +112,7 @@ def _refused(asgi_server: str, conversation_id: int, user: Any, origin: str) -> 
     return False
 
 
+@off_the_event_loop
 def test_it_refuses_the_chat_socket_from_a_foreign_origin_and_for_another_tenant(world, asgi_server) -> None:
     """On the real server (daphne, the origin check, the consumer), with a browser's handshake."""
     with tenant_context(world.tenant_a.pk):

@@ -39,6 +39,7 @@ from tests.outsider_sweep import (
     followed,
     form_body,
     is_csrf_refusal,
+    off_the_event_loop,
     query_of,
     routes,
     row_snapshots,
@@ -96,6 +97,7 @@ def _check(ledger: Ledger, client: Client, b: Tenantry, what: str, response: Any
 
 
 @pytest.mark.django_db(transaction=True)
+@off_the_event_loop
 def test_it_leaks_nothing_of_tenant_b_to_tenant_a_on_any_route(outsiders, settings) -> None:
     a, b = outsiders
     # The rate limits of /v1 have their own tests; here they would only turn refusals into 429s.
