@@ -54,6 +54,26 @@ class MembershipAdmin(TenantScopedAdmin):
             kwargs["queryset"] = User.objects.filter(memberships__tenant=getattr(request, "tenant", None))
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        active: Tenant | None = getattr(request, "tenant", None)
+        if request.user.is_superuser or active is None:
+            return form  # the tenant is a field of the form: Django checks (tenant, user) itself
+        tenant = active
+
+        class OwnerMembershipForm(form):  # type: ignore[misc, valid-type]  # a class made by modelform_factory
+            def clean(self) -> dict[str, Any]:
+                # An owner's form has no tenant field (get_exclude), so Django skips the (tenant, user)
+                # constraint, and a second membership of one member failed as a 500 at the insert.
+                cleaned: dict[str, Any] = super().clean()
+                user = cleaned.get("user")
+                if user is not None and Membership.objects.filter(tenant=tenant, user=user).exclude(
+                        pk=self.instance.pk).exists():
+                    self.add_error("user", f"{user.get_username()} is already a member of {tenant.name}.")
+                return cleaned
+
+        return OwnerMembershipForm
+
 
 # Django's own user and group admins, re-registered so their changes are audited too.
 admin.site.unregister(User)

@@ -214,3 +214,13 @@ def fault_drill() -> dict[str, Any]:
     report: dict[str, Any] = json.loads(lines[-1])
     report["output"] = result.stdout
     return report
+
+
+@pytest.fixture
+def outsiders(transactional_db: None) -> tuple[Any, Any]:
+    """Tenants A and B of the outsider sweep (tests/outsider_sweep.py), built by the product's own
+    services, documents ingested by the real pipeline; every text of tenant B is a canary."""
+    from .outsider_sweep import run_token, tenantry_build
+
+    token = run_token()
+    return tenantry_build(f"aside{token}"), tenantry_build(f"bcanary{token}")

@@ -159,3 +159,28 @@ def test_it_accepts_user_names_with_letters_of_any_script_and_the_usual_signs(wo
         response = owner.post(reverse("console:user_create"),
                               {"username": username, "password": "a-Strong-passphrase-9", "role": "employee"})
         assert response.status_code == 302, username
+
+
+def test_it_answers_a_second_membership_of_a_member_in_django_admin_with_a_form_error(world) -> None:
+    """Found by the outsider sweep: the owner's admin form has no tenant field, so Django skipped the
+    (tenant, user) constraint and the insert failed with a 500."""
+    from django.contrib.auth.models import Permission
+
+    from console.services import OWNER_ADMIN_PERMISSIONS, membership_create
+
+    membership_create(tenant=world.tenant_b, user=world.dora, role="employee", actor=actor_for(user_id=None, role="system"))
+    world.bob.is_staff = True  # what membership_create gives an owner
+    world.bob.save()
+    world.bob.user_permissions.add(*Permission.objects.filter(codename__in=OWNER_ADMIN_PERMISSIONS))
+    owner = logged_in(world.bob)
+    response = owner.post("/admin/tenants/membership/add/", {"user": world.alice.pk, "role": "owner",
+                                                            "is_active": "on"})
+    assert response.status_code == 200 and "is already a member of Tenant A" in response.content.decode()
+    assert membership_of(world, world.alice).role == "employee"
+    # A member of another tenant only is not one of this tenant's users: the user list refuses her.
+    with tenant_context(world.tenant_a.pk):
+        Membership.objects.filter(user=world.dora).delete()
+    response = owner.post("/admin/tenants/membership/add/", {"user": world.dora.pk, "role": "owner", "is_active": "on"})
+    assert response.status_code == 200 and "Select a valid choice" in response.content.decode()
+    with tenant_context(world.tenant_b.pk):
+        assert Membership.objects.get(user=world.dora).role == "employee"
