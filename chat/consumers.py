@@ -37,7 +37,6 @@ from chat import dispatch, services, socket_limits, streams
 from chat.models import Conversation, Message
 from chat.selectors import conversation_get_for_user, message_find, message_get_in_conversation
 from chat.socket_access import CLOSE_ACCESS_CHANGED, user_group
-from deepseek_web.redis_client import loop_client
 from tenants.access import membership_get_active, membership_get_exact
 from tenants.middleware import SESSION_TENANT_KEY
 from tenants.models import Membership
@@ -92,7 +91,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.user = cast(User, user)  # authenticated: the lazy object stands for a User
         self.membership, self.conversation = found
-        self.redis = loop_client()  # shared by the process's sockets, never closed by one
+        self.redis = streams.reader_client()
         self.relays: dict[int, asyncio.Task[None]] = {}
         refused = await socket_limits.acquire(self.redis, **self._slot())
         if refused is not None:
@@ -159,6 +158,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await socket_limits.release(self.redis, **self._slot())
             except Exception:  # logged: the slot then expires by itself (SLOT_TTL_S)
                 logger.warning("could not release the socket slot of %s", self.channel_name, exc_info=True)
+        if hasattr(self, "redis"):
+            await self.redis.aclose()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None or len(text_data) > MAX_FRAME_CHARS * 2:
@@ -299,7 +300,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # While the turn waits in fair dispatch, the page is told how many turns start before it.
         position = asyncio.create_task(self._announce_position(message_id)) if not message.is_final else None
         try:
-            async for entry in streams.follow(message, last_seq,
+            async for entry in streams.follow(self.redis, message, last_seq,
                                               is_final=lambda: self._is_final(message_id)):
                 if position is not None:
                     position.cancel()

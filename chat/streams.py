@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 
 from chat import outages
-from deepseek_web.redis_client import async_client, loop_client, sync_client
+from deepseek_web.redis_client import async_client, sync_client
 
 if TYPE_CHECKING:
     from chat.models import Message
@@ -44,7 +44,8 @@ STOP_POLL_S = 0.2
 
 
 def reader_client() -> aioredis.Redis:
-    """A new asyncio client for blocking reads of streams (a `StreamHub`'s); the caller closes it."""
+    """A new asyncio client for a reader of streams (a `StreamHub`, or a caller that only asks
+    whether a stream exists); the caller closes it."""
     return async_client(socket_timeout=READ_BLOCK_MS / 1000 + 25)
 
 
@@ -279,13 +280,15 @@ def stream_hub() -> StreamHub:
     return hub
 
 
-async def follow(message: Message, last_seq: int, *, is_final: Callable[[], Awaitable[bool]],
+async def follow(client: aioredis.Redis, message: Message, last_seq: int, *,
+                 is_final: Callable[[], Awaitable[bool]],
                  keepalive_s: float | None = None) -> AsyncIterator[StreamEntry]:
     """Every entry numbered above `last_seq`, in order, up to and including the turn's `end`.
 
     The one loop that follows a reply live: the chat page's WebSocket and the API's SSE relay
     both read through it, from the process's `StreamHub`. A turn whose stream expired after it
-    ended (`is_final` says so, from the stored row) yields one bare `end` numbered `last_seq`. With `keepalive_s`, a `keepalive` entry
+    ended (`is_final` says so, from the stored row; `client` asks Redis whether the stream is
+    there) yields one bare `end` numbered `last_seq`. With `keepalive_s`, a `keepalive` entry
     (numbered 0) comes whenever nothing else came for that long, so a caller can keep an idle
     connection open while the turn waits for a worker.
     """
@@ -300,7 +303,7 @@ async def follow(message: Message, last_seq: int, *, is_final: Callable[[], Awai
             except TimeoutError:
                 entries = []
             if not entries:
-                if not await loop_client().exists(key) and await is_final():
+                if not await client.exists(key) and await is_final():
                     yield StreamEntry(seq=follower.last_seq, kind="end", fields={})
                     return
                 if keepalive_s is not None and time.monotonic() - quiet_since >= keepalive_s:

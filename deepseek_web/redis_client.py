@@ -7,9 +7,7 @@ and Celery make their own connections from `settings.REDIS_URL`; everything else
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import weakref
 
 import redis
 import redis.asyncio as aioredis
@@ -50,22 +48,3 @@ def async_client(*, socket_timeout: float) -> aioredis.Redis:
     are bound to the event loop that made them. Blocking reads need a socket timeout longer than
     their block time (redis-py's default of 5 s races a 5 s XREAD). The caller closes it."""
     return aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True, socket_timeout=socket_timeout)
-
-
-# One per event loop: asyncio clients belong to the loop that made them.
-_loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
-
-
-def loop_client() -> aioredis.Redis:
-    """The running event loop's shared asyncio client, for short commands; never for a blocking
-    read, which would hold one of its connections for the whole wait (`async_client` is for that).
-
-    Every socket of a daphne process shares it. A client per socket cost a new Redis connection
-    per handshake (with its HELLO, client info and health check): hundreds at once when many tabs
-    reconnect together, and a connection per open tab after.
-    """
-    loop = asyncio.get_running_loop()
-    client = _loop_clients.get(loop)
-    if client is None:
-        client = _loop_clients[loop] = aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
-    return client

@@ -8,7 +8,6 @@ from django.conf import settings
 
 from chat import streams
 from chat.models import Message
-from deepseek_web.redis_client import loop_client
 
 # A comment line keeps idle connections (and proxies) open while a turn waits for a worker.
 KEEPALIVE_S = 15.0
@@ -22,11 +21,13 @@ async def turn_entries(reply: Message,
     When the reader stops early (the client went away), the turn is stopped in the engine, as the
     Stop button does: nobody is left to read the answer.
     """
+    client = streams.reader_client()
     ended = False
     try:
-        async for entry in streams.follow(reply, 0, is_final=is_final, keepalive_s=KEEPALIVE_S):
+        async for entry in streams.follow(client, reply, 0, is_final=is_final, keepalive_s=KEEPALIVE_S):
             ended = entry.kind == "end"
             yield entry
     finally:
         if not ended:
-            await loop_client().set(streams.cancel_key(reply), "1", ex=settings.CHAT_STREAM_TTL_S)
+            await client.set(streams.cancel_key(reply), "1", ex=settings.CHAT_STREAM_TTL_S)
+        await client.aclose()

@@ -27,7 +27,11 @@ def test_one_hub_feeds_each_follower_from_its_own_position() -> None:
         writer.token(f"t{n} ")
 
     async def read_all(message: Any, after: int) -> list[tuple[int, str]]:
-        return [(e.seq, e.kind) async for e in streams.follow(message, after, is_final=never_final)]
+        client = streams.reader_client()
+        try:
+            return [(e.seq, e.kind) async for e in streams.follow(client, message, after, is_final=never_final)]
+        finally:
+            await client.aclose()
 
     async def main() -> tuple[list[Any], list[Any], list[Any], int]:
         readers = [asyncio.create_task(read_all(first, 0)), asyncio.create_task(read_all(first, 2)),
@@ -57,7 +61,11 @@ def test_the_hub_stops_reading_when_nobody_follows() -> None:
     writer.end("done")
 
     async def main() -> tuple[int, bool]:
-        seen = [e.seq async for e in streams.follow(message, 0, is_final=never_final)]
+        client = streams.reader_client()
+        try:
+            seen = [e.seq async for e in streams.follow(client, message, 0, is_final=never_final)]
+        finally:
+            await client.aclose()
         hub = streams.stream_hub()
         task = hub._task
         assert task is not None
