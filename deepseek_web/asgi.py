@@ -17,14 +17,18 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware  # noqa: E402
 
 from chat.websocket_urls import websocket_urlpatterns  # noqa: E402
+from deepseek_web.websocket_admission import HandshakeAdmission  # noqa: E402
 from deepseek_web.websocket_auth import ConcurrentAuthMiddlewareStack  # noqa: E402
 from deepseek_web.websocket_origin import SameOriginValidator  # noqa: E402
 
 router = ProtocolTypeRouter(
     {
         "http": ASGIStaticFilesHandler(django_asgi_app) if settings.SERVE_STATIC else django_asgi_app,
-        # Before authentication: a socket from another origin is refused before anything runs.
-        "websocket": SameOriginValidator(ConcurrentAuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # Before authentication: a socket from another origin, or one over the handshakes this
+        # process sets up at once, is refused before anything runs.
+        "websocket": SameOriginValidator(HandshakeAdmission(
+            ConcurrentAuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+            limit=settings.WEBSOCKET_HANDSHAKES_MAX)),
     }
 )
 

@@ -248,6 +248,9 @@ REDIS_URL = os.environ.get("REDIS_URL") or embedded_redis_url(DATA_DIR, env_int(
 # The process-wide Redis clients (deepseek_web.redis_client): threads beyond the pool's size wait
 # up to the timeout for a connection rather than fail.
 REDIS_POOL_MAX_SIZE = env_int("REDIS_POOL_MAX_SIZE", 64)
+# WebSocket handshakes one web process sets up at once; more are refused at once and the page
+# retries (deepseek_web/websocket_admission.py). 0: no limit.
+WEBSOCKET_HANDSHAKES_MAX = env_int("WEBSOCKET_HANDSHAKES_MAX", 48)
 REDIS_POOL_TIMEOUT_S = env_int("REDIS_POOL_TIMEOUT_S", 20)
 
 CHANNEL_LAYERS = {

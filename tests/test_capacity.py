@@ -63,7 +63,10 @@ def test_it_streams_a_hundred_concurrent_turns_without_a_dropped_chunk(world, ca
     async def main() -> list[Any]:
         done = asyncio.Event()
         watcher = asyncio.create_task(watch_connections(done))
-        results = await asyncio.gather(*(chat_turn(asgi_server, cid, key, f"question {n}", uuid.uuid4().hex)
+        # A hundred handshakes at once: those over the web server's limit are refused at once
+        # (deepseek_web/websocket_admission.py), and each client retries as chat.js does.
+        results = await asyncio.gather(*(chat_turn(asgi_server, cid, key, f"question {n}", uuid.uuid4().hex,
+                                                   handshake_retries=8)
                                          for n, cid in enumerate(ids)))
         done.set()
         await watcher
