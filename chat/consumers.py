@@ -337,10 +337,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         current = await self._get_message(message_id)
         return current is not None and current.is_final
 
-    @on_any_thread
-    def _get_message(self, message_id: int) -> Message | None:
+    def _find(self, message_id: int) -> Message | None:
         with self._tenant():
             return message_find(message_id)
+
+    @on_any_thread
+    def _get_message(self, message_id: int) -> Message | None:
+        return self._find(message_id)
 
     async def _send_end(self, message_id: int, seq: int) -> None:
         found = await self._get_rendered_message(message_id)
@@ -353,9 +356,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     @on_any_thread
     def _get_rendered_message(self, message_id: int) -> tuple[Message, str] | None:
-        with self._tenant():
-            message = message_find(message_id)
-            return None if message is None else (message, _render(message))
+        message = self._find(message_id)
+        return None if message is None else (message, _render(message))
 
     async def _send_json(self, **payload: Any) -> None:
         await self.send(text_data=json.dumps(payload))

@@ -44,8 +44,8 @@ STOP_POLL_S = 0.2
 
 
 def reader_client() -> aioredis.Redis:
-    """A new asyncio client for a reader of streams (a `StreamHub`, or a caller that only asks
-    whether a stream exists); the caller closes it."""
+    """A new asyncio client: a `StreamHub`'s blocking reads (its socket timeout outlasts them), or a
+    socket's short commands (its slot, whether a stream still exists); the caller closes it."""
     return async_client(socket_timeout=READ_BLOCK_MS / 1000 + 25)
 
 

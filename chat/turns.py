@@ -288,8 +288,9 @@ class _TurnWatch:
 
     `check_stop_and_beat()` is polled while routing waits for a remote's first token, while the
     local engine still queues the request, and between deltas. It reads the Stop flag as the
-    process's `streams.stop_flags` last read it (every STOP_POLL_S), and writes: it touches the row every HEARTBEAT_INTERVAL_S, so the
-    stale-turn sweeper does not take a long wait, or a long answer, for a dead worker. A heartbeat
+    process's `streams.stop_flags` last read it (every STOP_POLL_S), and writes: it touches the row
+    every HEARTBEAT_INTERVAL_S, so the stale-turn sweeper does not take a long wait, or a long
+    answer, for a dead worker. A heartbeat
     that finds the row no longer streaming (the sweeper failed it, or it was deleted) stops the
     turn too: nobody will store its answer.
     """
